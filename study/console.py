@@ -1,0 +1,137 @@
+"""What a person sees: error lines, the trial table, the best config, the summary files.
+
+``study.run`` (end of a study) and ``study.report`` (from MLflow) share :func:`summarize`, so
+both print the same table and write the same CSV and figure.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from study.results import (
+    BIAS_METRIC,
+    FAILED,
+    TARGET_METRIC,
+    TrialRecord,
+    best_record,
+    pareto_front,
+    plot_families,
+    plot_pareto,
+    table,
+    write_csv,
+)
+
+CSV_NAME = "trials.csv"
+FIGURE_NAME = "map100_by_family_vs_ratio.png"
+PARETO_FIGURE_NAME = "pareto_front.png"
+BEST_NAME = "best_config.json"
+
+
+def error(message: str) -> None:
+    """One clear line on stderr."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def say(message: str = "") -> None:
+    """A line on stdout, flushed (Ray writes to the same terminal)."""
+    print(message, flush=True)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain aligned text table (numbers right-aligned, the last column free-form)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row[:-1]):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        body = [c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells[:-1], widths))]
+        return "  ".join(body + [cells[-1]])
+
+    rule = "  ".join("-" * w for w in widths[:-1]) + "  " + "-" * max(6, widths[-1])
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def mlflow_ui_command(tracking_uri: str) -> str:
+    """The command that opens the MLflow UI on this study's store, bound to localhost."""
+    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port 5000"
+
+
+@dataclass
+class Summary:
+    """What :func:`summarize` produced."""
+
+    text: str
+    best: Optional[TrialRecord]
+    front: list = field(default_factory=list)
+    files: list = field(default_factory=list)
+
+
+def summarize(
+    records: Sequence[TrialRecord],
+    objectives: Sequence[dict],
+    output_dir: Path,
+    title: str = "",
+    extra_params: Sequence[str] = (),
+) -> Summary:
+    """Table, best config (or Pareto front), failures; write CSV, figure(s) and best config."""
+    metric, mode = objectives[0]["metric"], objectives[0]["mode"]
+    headers, rows = table(records, extra_params)
+    parts = [format_table(headers, rows) if rows else "(no trials)"]
+    best = best_record(records, metric, mode)
+    front = pareto_front(records, objectives) if len(objectives) > 1 else []
+    if front:
+        parts.append(_front_text(front, objectives))
+    if best is not None:
+        parts.append(_best_text(best, metric, mode, extra_params))
+    failed = [r for r in records if r.status == FAILED]
+    if failed:
+        parts.append("Failed trials:\n" + "\n".join(f"  {r.trial_id}: {r.reason or 'unknown reason'}" for r in failed))
+    files = _write_files(records, objectives, best, front, output_dir, title)
+    parts.append("Saved to " + str(output_dir) + ":\n" + "\n".join(f"  {p.name}" for p in files))
+    return Summary("\n\n".join(parts), best, front, files)
+
+
+def _best_text(best: TrialRecord, metric: str, mode: str, extra_params: Sequence[str]) -> str:
+    keys = list(dict.fromkeys(["ratio", "temperature", "batch_size", "seed", *extra_params]))
+    settings = ", ".join(f"{k}={best.params[k]}" for k in keys if k in best.params)
+    extras = f"{TARGET_METRIC}={best.value(TARGET_METRIC):.4f}, {BIAS_METRIC}={best.value(BIAS_METRIC):.4f}"
+    return f"Best trial ({metric}, {mode}): {best.trial_id}: {settings}\n  {extras}"
+
+
+def _front_text(front: Sequence[TrialRecord], objectives: Sequence[dict]) -> str:
+    names = [o["metric"] for o in objectives]
+    wanted = ", ".join(f"{o['metric']} {o['mode']}" for o in objectives)
+    lines = [f"Pareto front ({wanted}):"]
+    for r in front:
+        values = ", ".join(f"{m}={r.value(m):.4f}" for m in names)
+        lines.append(f"  {r.trial_id}: ratio={r.params.get('ratio')}, temperature={r.params.get('temperature')}: {values}")
+    return "\n".join(lines)
+
+
+def _write_files(records, objectives, best, front, output_dir: Path, title: str) -> list[Path]:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    files = [write_csv(records, output_dir / CSV_NAME)]
+    figure = plot_families(records, output_dir / FIGURE_NAME, title)
+    if figure:
+        files.append(figure)
+    if len(objectives) > 1:
+        pareto = plot_pareto(records, objectives, output_dir / PARETO_FIGURE_NAME)
+        if pareto:
+            files.append(pareto)
+    if best is not None:
+        path = output_dir / BEST_NAME
+        payload = {
+            "trial_id": best.trial_id,
+            "config": best.params,
+            "metrics": best.metrics,
+            "pareto_front": [r.trial_id for r in front],
+        }
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str), encoding="utf-8")
+        files.append(path)
+    return files

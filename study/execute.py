@@ -1,0 +1,165 @@
+"""Running a prepared study: Ray, MLflow parent run, the Tuner, and the answer at the end.
+
+Interruption: Ctrl-C (SIGINT) and SIGTERM stop Tune gracefully (Tune saves its state); the
+console then prints the resume command. Trials already finished are kept; unfinished ones
+re-run on ``--resume`` (from their last Ray Train checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from study import console
+from study.cluster import (
+    Capacity,
+    ClusterError,
+    apply_env_defaults,
+    check_trial_fits,
+    cluster_capacity,
+    max_concurrent_trials,
+    start_ray,
+)
+from study.mlflow_study import (
+    close_parent_run,
+    ensure_experiment,
+    failure_reasons,
+    log_summary,
+    reconcile_children,
+    reopen_parent_run,
+    start_parent_run,
+)
+from study.results import FAILED, UNFINISHED, TrialRecord, records_from_results
+from study.spaces import SearchSpace
+from study.state import StudyState, is_uri, save_state
+from study.tuning import build_tuner, can_restore, restore_tuner
+from trainables.tracking import TrackingError, client_for
+
+
+def run_study(state: StudyState, space: SearchSpace, args: Any) -> int:
+    """Start Ray, run (or resume) the study, print and save the answer; returns the exit code."""
+    from study.run import EXIT_INTERRUPTED, plan_text, resume_command
+
+    import ray
+
+    resumed = bool(state.parent_run_id)
+    client = client_for(state.tracking_uri)
+    try:
+        start_ray(args.address, args.num_cpus, apply_env_defaults(local=not args.address))
+        capacity = plan_resources(state, resumed)
+        open_tracking(client, state, resumed)
+        save_state(state)
+        console.say(plan_text(state, space))
+        for warning in cluster_warnings(state, args.address):
+            console.say(f"  warning:  {warning}")
+        console.say(f"  parent:   MLflow experiment {state.name!r} ({state.experiment_id}), run {state.parent_run_id}")
+        console.say(f"  UI:       {console.mlflow_ui_command(state.tracking_uri)}\n")
+        tuner = restore_tuner(state, capacity) if resumed and can_restore(state) else build_tuner(space, state, capacity, args.verbose)
+        started = time.monotonic()
+        results = fit_handling_signals(tuner)
+        return finish(client, state, space, results, time.monotonic() - started)
+    except KeyboardInterrupt:
+        if not state.parent_run_id:
+            console.say("\nInterrupted before the study started; nothing to resume.")
+            return EXIT_INTERRUPTED
+        _safe(lambda: close_parent_run(client, state.parent_run_id, "KILLED"))
+        console.say(f"\nInterrupted. Resume with:\n  {resume_command(state)}")
+        return EXIT_INTERRUPTED
+    except (TrackingError, ClusterError):
+        raise  # bad input: one line from study.run
+    except Exception as err:  # noqa: BLE001 - Tune/Ray failure: one line and the way back
+        console.error(f"the study stopped: {' '.join(str(err).split())[:500]}")
+        console.say(f"Resume with:\n  {resume_command(state)}")
+        return 1
+    finally:
+        ray.shutdown()
+
+
+def plan_resources(state: StudyState, resumed: bool) -> Capacity:
+    """Check one trial fits the cluster and set how many run at once (kept as saved on resume)."""
+    capacity = cluster_capacity()
+    shape = (state.workers_per_trial, state.cpus_per_worker, state.gpus_per_worker)
+    if resumed:
+        check_trial_fits(capacity, *shape)
+        return capacity
+    state.max_concurrent = max_concurrent_trials(
+        capacity, *shape, requested=state.max_concurrent or None, num_trials=state.num_trials
+    )
+    return capacity
+
+
+def cluster_warnings(state: StudyState, address: Any) -> list[str]:
+    """On a Ray cluster, local storage and a sqlite store reach only the nodes that hold them."""
+    if not address:
+        return []
+    out = []
+    if not is_uri(state.storage_path):
+        out.append(f"storage path {state.storage_path} is local: on several nodes, use a shared folder or a URI (s3://...)")
+    if state.tracking_uri.startswith("sqlite:"):
+        out.append("a sqlite MLflow store is reachable from this node only: on several nodes, use an MLflow server")
+    return out
+
+
+def open_tracking(client: Any, state: StudyState, resumed: bool) -> None:
+    """The study's MLflow experiment and parent run (re-opened on resume)."""
+    try:
+        if resumed:
+            reopen_parent_run(client, state.parent_run_id)
+            return
+        state.experiment_id = ensure_experiment(client, state.name)
+        state.parent_run_id = start_parent_run(client, state)
+    except TrackingError:
+        raise
+    except Exception as err:  # noqa: BLE001 - one line, not a traceback
+        raise TrackingError(f"MLflow at {state.tracking_uri}: {' '.join(str(err).split())[:300]}") from None
+
+
+def fit_handling_signals(tuner: Any) -> Any:
+    """``tuner.fit()`` with SIGTERM turned into Tune's graceful SIGINT stop."""
+    def on_term(signum, frame):  # noqa: ARG001
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return tuner.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, seconds: float) -> int:
+    """Reconcile MLflow, print the table and best config, save and log the summary files."""
+    from study.run import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, resume_command
+
+    records = records_from_results(results, state.base_config)
+    _attach_reasons(records, failure_reasons(client, state))
+    reconcile_children(client, state, records)
+    interrupted = len(records) < state.num_trials or any(r.status == UNFINISHED for r in records)
+    title = f"{state.name}: mAP@100 per family vs ratio"
+    summary = console.summarize(records, state.objectives, Path(state.output_dir), title, space.param_names)
+    console.say(f"\nTrials of study {state.name} ({len(records)}/{state.num_trials}, {seconds:.0f} s):\n")
+    console.say(summary.text)
+    log_summary(client, state.parent_run_id, summary.best, state.metric, summary.files)
+    close_parent_run(client, state.parent_run_id, "KILLED" if interrupted else "FINISHED")
+    console.say(f"\nMLflow UI: {console.mlflow_ui_command(state.tracking_uri)}")
+    if interrupted:
+        console.say(f"\nThe study is incomplete. Resume with:\n  {resume_command(state)}")
+        return EXIT_INTERRUPTED
+    if records and all(r.status == FAILED for r in records):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _attach_reasons(records: list[TrialRecord], reasons: dict[str, str]) -> None:
+    for record in records:
+        if record.status == FAILED and reasons.get(record.trial_id):
+            record.reason = reasons[record.trial_id]
+
+
+def _safe(action) -> None:
+    try:
+        action()
+    except Exception:  # noqa: BLE001 - best effort while exiting
+        pass

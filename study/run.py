@@ -1,0 +1,378 @@
+"""``python -m study.run``: a hyperparameter study of the mixed-batch CLIP trial.
+
+Ray Tune (Optuna TPE, or a grid) searches the space; each trial trains under Ray Train;
+MLflow records a parent run for the study and a child run per trial. With no flag it runs
+the embedded default, ``--space ratio_only``, on a local Ray cluster. See ``--help``.
+
+Everything that can be checked before Ray starts is checked first (space, storage, tracking
+URI, resources), each failure giving one ``error:`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import re
+import shlex
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from study import console
+from study.cluster import ClusterError, check_trial_fits, local_capacity
+from study.spaces import (
+    SearchSpace,
+    SpaceError,
+    build_trial_config,
+    coerce_config_values,
+    load_space,
+    make_objective,
+    parse_space,
+    validate_space,
+    validation_points,
+)
+from study.state import (
+    StorageError,
+    StudyState,
+    check_writable,
+    experiment_exists,
+    load_state,
+    resolve_storage_path,
+)
+from study.trial import DEFAULT_TRIAL_FN
+from trainables.config import ConfigError, TrialConfig
+from trainables.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_SPACE = "ratio_only"
+DEFAULT_STORAGE = "ray_results"
+DEFAULT_OUTPUT_ROOT = "study_results"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Flags that define a study; on --resume the saved values apply and these are ignored.
+_STUDY_FLAGS = (
+    "space", "num_samples", "max_concurrent", "workers_per_trial", "cpus_per_worker", "gpus_per_worker",
+    "epochs", "metric", "mode", "seed", "train_data", "eval_data", "images_dir", "set", "scheduler",
+    "max_failures", "trial_fn",
+)
+
+
+class StudyError(RuntimeError):
+    """Bad input for the study. One-line message."""
+
+
+BAD_INPUT = (StudyError, SpaceError, ConfigError, StorageError, TrackingError, ClusterError)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The ``study.run`` argument parser (defaults None: 'not given' is distinguishable)."""
+    p = argparse.ArgumentParser(
+        prog="python -m study.run",
+        description="Run a Ray Tune + Optuna study of the mixed-batch multilingual CLIP trial, tracked in MLflow.",
+    )
+    p.add_argument("--space", help=f"search space: a name from search_spaces/ or a .yaml file (default {DEFAULT_SPACE}); see --list-spaces")
+    p.add_argument("--list-spaces", action="store_true", help="list the available spaces and exit")
+    p.add_argument("--num-samples", type=int, help="number of trials (Optuna spaces) or repeats of the whole grid (grid spaces); default from the space")
+    p.add_argument("--max-concurrent", type=int, help="most trials at once (default: as many as the cluster holds)")
+    p.add_argument("--workers-per-trial", type=int, help="Ray Train (DDP) workers per trial (default from the space, else 1)")
+    p.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker; > 0 trains on GPU (default 0)")
+    p.add_argument("--epochs", type=int, help="epochs per trial (default from the space)")
+    p.add_argument("--metric", help="target metric (default from the space: map100/multilingual)")
+    p.add_argument("--mode", choices=("max", "min"), help="direction of --metric (default max)")
+    p.add_argument("--scheduler", choices=("fifo", "asha"), help="fifo (default) or asha: early-stop weak trials on the per-epoch metric")
+    p.add_argument("--name", help="study name: Tune experiment and MLflow experiment (default: the space name)")
+    p.add_argument("--storage-path", help=f"where Tune keeps the study state, a folder or URI (default ./{DEFAULT_STORAGE})")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--output-dir", help=f"folder for the table CSV, figure and best config (default ./{DEFAULT_OUTPUT_ROOT}/NAME)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted study NAME from the storage path")
+    p.add_argument("--seed", type=int, help="seeds the Optuna sampler and the trials (unless the space searches seed); default 0")
+    p.add_argument("--train-data", help="training data: synthetic (default), a JSONL manifest, or WebDataset shards")
+    p.add_argument("--eval-data", help="evaluation data: synthetic (default) or an XTD-layout folder")
+    p.add_argument("--images-dir", help="folder of the images referenced by --train-data/--eval-data")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a fixed trial-config field (repeatable), e.g. --set lr=1e-3")
+    p.add_argument("--max-failures", type=int, help="worker-group restarts per trial after a worker dies (default 1)")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="attach to a running Ray cluster (auto, or ray://HOST:PORT; default $RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="Tune output: 0 quiet, 1 progress table and trial results (default), 2 every result")
+    p.add_argument("--dry-run", action="store_true", help="check everything, print the plan, start nothing")
+    p.add_argument("--trial-fn", help=argparse.SUPPRESS)  # test hook: MODULE:FUNCTION replacing the driver's fit_trial
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    if args.list_spaces:
+        from search_spaces import available_spaces
+
+        console.say("\n".join(available_spaces()))
+        return EXIT_OK
+    try:
+        state, space = prepare_resume(args) if args.resume else prepare_new(args)
+        if args.dry_run:
+            console.say(plan_text(state, space) + "\n(dry run: nothing started)")
+            return EXIT_OK
+        from study.execute import run_study
+
+        return run_study(state, space, args)
+    except BAD_INPUT as err:
+        console.error(str(err))
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        console.say("\nInterrupted before the study started; nothing to resume.")
+        return EXIT_INTERRUPTED
+
+
+def _quiet_libraries() -> None:
+    """Warnings and errors stay visible; chatter (INFO lines, tracebacks repeated by the summary) goes."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("alembic", "optuna", "ray._private.authentication.authentication_token_setup"):
+        logging.getLogger(name).setLevel(logging.ERROR if "ray" in name else logging.WARNING)
+    # A failed trial's traceback stays in its error file; the console names the reason once.
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+# ---------------------------------------------------------------------------
+# A new study
+# ---------------------------------------------------------------------------
+def prepare_new(args: argparse.Namespace) -> tuple[StudyState, SearchSpace]:
+    """Check every input of a new study (no Ray yet) and build its state."""
+    space = _checked_search(load_space(args.space or DEFAULT_SPACE), args)
+    objectives = study_objectives(space, args)
+    base = base_config(space, args)
+    check_fixed_settings(space, base)
+    validate_space(space, base)
+    name = study_name(args.name or space.name)
+    storage = resolve_storage_path(args.storage_path or DEFAULT_STORAGE)
+    check_writable(storage)
+    if experiment_exists(storage, name):
+        raise StudyError(
+            f"study {name!r} already exists in {storage}; continue it with --resume --name {name}, "
+            "or start another with --name"
+        )
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_uri(tracking_uri)
+    trial_fn = check_trial_fn(args.trial_fn or DEFAULT_TRIAL_FN)
+    workers, cpw, gpw = base["num_workers"], _resource(args.cpus_per_worker, 1.0), _resource(args.gpus_per_worker, 0.0)
+    if not args.address:
+        check_trial_fits(local_capacity(args.num_cpus), workers, cpw, gpw)
+    return StudyState(
+        name=name,
+        storage_path=storage,
+        space={"name": space.name, "source": space.source, "algorithm": space.algorithm, "raw": space.raw},
+        base_config=base,
+        objectives=[{"metric": o.metric, "mode": o.mode} for o in objectives],
+        num_samples=args.num_samples or space.num_samples,
+        num_trials=_num_trials(space, args.num_samples),
+        max_concurrent=args.max_concurrent or 0,
+        workers_per_trial=workers,
+        cpus_per_worker=cpw,
+        gpus_per_worker=gpw,
+        scheduler=args.scheduler or "fifo",
+        seed=args.seed if args.seed is not None else 0,
+        max_failures=args.max_failures if args.max_failures is not None else 1,
+        trial_fn=trial_fn,
+        tracking_uri=tracking_uri,
+        output_dir=_output_dir(args.output_dir, name),
+    ), space
+
+
+def _checked_search(space: SearchSpace, args: argparse.Namespace) -> SearchSpace:
+    for flag in ("num_samples", "max_concurrent", "max_failures", "num_cpus"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "max_failures" else 1):
+            raise StudyError(f"--{flag.replace('_', '-')}={value}: must be {'>= 0' if flag == 'max_failures' else 'positive'}")
+    if args.scheduler == "asha" and space.multi_objective:
+        raise StudyError(f"--scheduler asha needs a single objective; space {space.name!r} has {len(space.objectives)}")
+    return space
+
+
+def _resource(value: Optional[float], default: float) -> float:
+    if value is None:
+        return default
+    if value < 0:
+        raise StudyError(f"resources per worker must be >= 0, got {value}")
+    return float(value)
+
+
+def _num_trials(space: SearchSpace, num_samples: Optional[int]) -> int:
+    repeats = num_samples or space.num_samples
+    return len(space.grid_points()) * repeats if space.algorithm == "grid" else repeats
+
+
+def _output_dir(value: Optional[str], name: str) -> str:
+    return str(Path(value or Path(DEFAULT_OUTPUT_ROOT) / name).expanduser().resolve())
+
+
+def study_name(name: str) -> str:
+    """A study name usable as a folder and an MLflow experiment name."""
+    if not _NAME.match(name):
+        raise StudyError(f"study name {name!r}: use letters, digits, '_', '-', '.' (starting with a letter or digit)")
+    return name
+
+
+def study_objectives(space: SearchSpace, args: argparse.Namespace) -> tuple:
+    """The space's objectives, or the single one given by --metric/--mode."""
+    if args.metric is None and args.mode is None:
+        return space.objectives
+    if space.multi_objective:
+        raise StudyError(f"space {space.name!r} is multi-objective ({', '.join(o.metric for o in space.objectives)}); --metric/--mode do not apply")
+    first = space.objectives[0]
+    return (make_objective(args.metric or first.metric, args.mode or first.mode, "--metric/--mode"),)
+
+
+def check_trial_fn(spec: str) -> str:
+    """``MODULE:FUNCTION`` must name an importable module (imported for real inside the trials)."""
+    module = spec.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise StudyError(f"trial function {spec}: module {module} is not available")
+    return spec
+
+
+# ---------------------------------------------------------------------------
+# The trial config shared by all trials
+# ---------------------------------------------------------------------------
+def base_config(space: SearchSpace, args: argparse.Namespace) -> dict:
+    """TrialConfig defaults <- the space's ``fixed`` <- CLI flags; searched fields left out."""
+    searched = set(space.param_names)
+    base = {**TrialConfig().to_dict(), **space.fixed}
+    overrides = cli_overrides(args, searched)
+    clash = sorted(set(overrides) & searched - {"seed"})
+    if clash:
+        raise StudyError(f"{', '.join(clash)} searched by space {space.name!r}; it cannot also be fixed on the command line")
+    base.update({k: v for k, v in overrides.items() if k not in searched})
+    base = absolute_data_paths(base)
+    for key in searched:
+        base.pop(key, None)
+    return base
+
+
+def check_fixed_settings(space: SearchSpace, base: dict) -> None:
+    """Blame a bad fixed setting (space ``fixed`` or a flag) on itself, not on the space's samples."""
+    point = validation_points(space, n_samples=0)[0]
+    try:
+        build_trial_config(base, point)
+    except ConfigError as err:
+        if not any(name in str(err) for name in space.param_names):
+            raise StudyError(f"trial settings (space 'fixed' + command line): {err}") from None
+
+
+def cli_overrides(args: argparse.Namespace, searched: set) -> dict:
+    """Trial-config fields given by flags (``--set`` included)."""
+    out: dict[str, Any] = {}
+    for item in args.set or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise StudyError(f"--set {item!r}: expected KEY=VALUE")
+        if key in ("num_workers", "use_gpu"):
+            raise StudyError(f"--set {key}: use --workers-per-trial / --gpus-per-worker")
+        if key not in TrialConfig.__dataclass_fields__:
+            raise StudyError(f"--set {key}: not a trial config field (see trainables/config.py)")
+        try:
+            out[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise StudyError(f"--set {item!r}: unreadable value") from None
+    flags = {
+        "epochs": args.epochs, "num_workers": args.workers_per_trial, "seed": args.seed,
+        "train_data": args.train_data, "eval_data": args.eval_data, "images_dir": args.images_dir,
+    }
+    out.update({k: v for k, v in flags.items() if v is not None})
+    if args.gpus_per_worker is not None:
+        out["use_gpu"] = args.gpus_per_worker > 0
+    try:
+        return coerce_config_values(out, "--set")
+    except SpaceError as err:
+        raise StudyError(str(err)) from None
+
+
+def absolute_data_paths(base: dict) -> dict:
+    """Relative data paths become absolute: Ray workers run in another working directory."""
+    out = dict(base)
+    for key in ("train_data", "eval_data", "images_dir", "data_cache"):
+        value = out.get(key)
+        if isinstance(value, str) and value and value != "synthetic" and "://" not in value:
+            out[key] = os.path.abspath(os.path.expanduser(value))
+    pretrained = out.get("pretrained")
+    if isinstance(pretrained, str) and os.path.exists(pretrained):
+        out["pretrained"] = os.path.abspath(pretrained)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Resume
+# ---------------------------------------------------------------------------
+def prepare_resume(args: argparse.Namespace) -> tuple[StudyState, SearchSpace]:
+    """Load the saved study NAME (default: the space name) and check it can continue."""
+    name = study_name(args.name or _space_name_for_resume(args.space))
+    storage = resolve_storage_path(args.storage_path or DEFAULT_STORAGE)
+    state = load_state(storage, name)
+    if state is None:
+        raise StudyError(f"nothing to resume: no study {name!r} in {storage} (start it without --resume)")
+    check_writable(storage)
+    state.storage_path = storage  # the folder may have moved
+    if args.tracking_uri and resolve_tracking_uri(args.tracking_uri) != state.tracking_uri:
+        raise StudyError(f"study {name!r} is tracked in {state.tracking_uri}; --tracking-uri cannot change on --resume")
+    check_tracking_uri(state.tracking_uri)
+    if args.output_dir:
+        state.output_dir = _output_dir(args.output_dir, name)
+    ignored = [f"--{f.replace('_', '-')}" for f in _STUDY_FLAGS if getattr(args, f, None) not in (None, [])]
+    ignored = [f for f in ignored if f != "--space" or args.name]
+    if ignored:
+        console.say(f"note: --resume continues the saved study; ignoring {', '.join(ignored)}")
+    space = parse_space(state.space["raw"], name=state.space["name"], source=state.space["source"])
+    return state, space
+
+
+def _space_name_for_resume(space_arg: Optional[str]) -> str:
+    if not space_arg:
+        return DEFAULT_SPACE
+    return Path(space_arg).stem if space_arg.endswith((".yaml", ".yml")) else space_arg
+
+
+# ---------------------------------------------------------------------------
+# Messages
+# ---------------------------------------------------------------------------
+def plan_text(state: StudyState, space: SearchSpace) -> str:
+    """What the study will do, in a few lines."""
+    goal = ", ".join(f"{o['metric']} ({o['mode']})" for o in state.objectives)
+    searched = ", ".join(f"{p.name}~{p.describe()}" for p in space.params)
+    at_once = f"up to {state.max_concurrent}" if state.max_concurrent else "as many as fit"
+    gpu = f" + {state.gpus_per_worker:g} GPU" if state.gpus_per_worker else ""
+    data = f"train={state.base_config.get('train_data')}, eval={state.base_config.get('eval_data')}"
+    return "\n".join(
+        [
+            f"Study {state.name}: space {space.name} ({space.source})",
+            f"  search:   {space.algorithm} over {searched}; target {goal}; scheduler {state.scheduler}; seed {state.seed}",
+            f"  trials:   {state.num_trials}, {at_once} at a time; each {state.workers_per_trial} worker(s) x "
+            f"{state.cpus_per_worker:g} CPU{gpu}; {state.base_config.get('epochs')} epochs; data {data}",
+            f"  state:    {state.experiment_path}",
+            f"  MLflow:   {state.tracking_uri}",
+            f"  outputs:  {state.output_dir}",
+        ]
+    )
+
+
+def resume_command(state: StudyState) -> str:
+    """The command that continues this study."""
+    return f"python -m study.run --resume --name {shlex.quote(state.name)} --storage-path {shlex.quote(state.storage_path)}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The Tune function trainable: one call runs one trial.
+
+Ray 2.60 (Train V2) pattern: the Tune function builds and fits a ``TorchTrainer`` per trial
+(``trainables.driver.fit_trial``) with a ``TuneReportCallback`` in its run config, which
+forwards each ``ray.train.report`` of the workers to Tune. The function itself holds no CPU
+(see :mod:`study.cluster`).
+
+Around the fit it keeps MLflow consistent: it opens (or re-attaches to) the trial's child
+run before the fit, so a failed trial is recorded with its params; it ends the run FAILED
+with the reason when the fit raises; and it marks the run completed when the fit returns.
+A trial that Tune restarts after ``--resume`` but that MLflow already records as completed
+(the driver was killed between the trial's end and Tune's next state snapshot) is not
+trained again: its final metrics are re-reported from MLflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from trainables.tracking import (
+    TAG_COMPLETED,
+    TrackingInfo,
+    client_for,
+    end_trial_run,
+    open_trial_run,
+)
+
+DEFAULT_TRIAL_FN = "trainables.driver:fit_trial"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a study shares; bound to the Tune function with ``tune.with_parameters``."""
+
+    study_name: str
+    base_config: dict
+    trial_fn: str
+    train_storage: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    max_failures: int = 0
+    resources_per_worker: dict = field(default_factory=dict)
+    metrics_first: tuple = ()
+    objectives: tuple = ()  # metrics every result forwarded to Tune must carry
+
+
+class OrderedTuneReportCallback(TuneReportCallback):
+    """``TuneReportCallback`` that forwards only results carrying the objectives, key metrics first.
+
+    An epoch without evaluation (``eval_every`` > 1) has no objective; Tune, its searcher and
+    its scheduler require the objective in every result, so such epochs are not forwarded
+    (Ray Train still checkpoints them). Tune's progress table shows the first few metrics
+    of a result: the objectives and the loss come first.
+    """
+
+    def __init__(self, first: tuple = (), required: tuple = ()):
+        super().__init__()
+        self._first = tuple(first)
+        self._required = tuple(required)
+
+    def after_report(self, run_context, metrics, checkpoint):  # noqa: D102 - see base class
+        if not metrics or any(m not in metrics[0] for m in self._required):
+            return
+        metrics = [order_metrics(metrics[0], self._first), *metrics[1:]]
+        super().after_report(run_context, metrics, checkpoint)
+
+
+def order_metrics(metrics: Mapping[str, Any], first: tuple) -> dict:
+    """A copy of ``metrics`` with the keys of ``first`` (those present) at the front."""
+    head = {k: metrics[k] for k in first if k in metrics}
+    return {**head, **{k: v for k, v in metrics.items() if k not in head}}
+
+
+def load_trial_fn(spec: str) -> Callable:
+    """Import ``module:function`` (default ``trainables.driver:fit_trial``)."""
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr or "fit_trial")
+
+
+def failure_reason(err: BaseException, limit: int = 500) -> str:
+    """One line saying why a trial failed (a ``TrialFailed.reason`` when there is one)."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, str) and reason.strip():
+            return _clip(reason, limit)
+        if type(current).__name__ == "TrialFailed" and str(current).strip():
+            return _clip(str(current), limit)  # trainables.driver.TrialFailed carries the root cause
+        current = current.__cause__ or current.__context__
+    return _clip(_last_error_line(err), limit)
+
+
+def _last_error_line(err: BaseException) -> str:
+    """The most specific ``SomeError: message`` line of a (possibly remote) traceback text."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Failed|Interrupt)\b", ln)]
+    if errors:
+        return errors[-1]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_trial(config: dict, ctx: TrialContext) -> None:
+    """The Tune function: build the trial config, fit it, keep its MLflow run consistent."""
+    import ray.tune
+    from trainables.config import TrialConfig
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    info = TrackingInfo(
+        tracking_uri=ctx.tracking_uri,
+        experiment_id=ctx.experiment_id,
+        parent_run_id=ctx.parent_run_id,
+        trial_id=trial_id,
+        run_name=f"trial-{trial_id}",
+    )
+    client = client_for(ctx.tracking_uri)
+    trial_config = TrialConfig.from_dict({**ctx.base_config, **config})
+    run = open_trial_run(client, info, trial_config)
+    run_id = run.info.run_id
+    if run.data.tags.get(TAG_COMPLETED) == "true":
+        _replay_completed(client, run_id, ctx)
+        return
+    fit = load_trial_fn(ctx.trial_fn)
+    try:
+        result = fit(
+            trial_config,
+            name=f"trial_{trial_id}",
+            storage_path=ctx.train_storage,
+            tracking=info,
+            callbacks=[OrderedTuneReportCallback(ctx.metrics_first, ctx.objectives)],
+            max_failures=ctx.max_failures,
+            resources_per_worker=dict(ctx.resources_per_worker) or None,
+        )
+        check_final_metrics(result, ctx.objectives)
+    except Exception as err:  # not SystemExit: that is Tune stopping the trial (ASHA, Ctrl-C)
+        end_trial_run(client, run_id, "FAILED", failure_reason(err))
+        raise
+    client.set_tag(run_id, TAG_COMPLETED, "true")
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status="FINISHED")
+
+
+class MissingObjective(RuntimeError):
+    """The trial's final report lacks an objective (a misspelt --metric, say)."""
+
+
+def check_final_metrics(result: Any, objectives: tuple) -> None:
+    """Raise MissingObjective when the last report (a ``ray.train.Result`` or a dict) lacks an objective."""
+    metrics = getattr(result, "metrics", result)
+    if not isinstance(metrics, Mapping):
+        return  # nothing to check against
+    missing = [m for m in objectives if m not in metrics]
+    if missing:
+        known = ", ".join(sorted(k for k in metrics if k.startswith(("map", "bias")))[:8])
+        raise MissingObjective(f"the trial reported no {', '.join(missing)} (it reports e.g. {known})")
+
+
+def _replay_completed(client, run_id: str, ctx: TrialContext) -> None:
+    """Report a completed trial's final metrics (from MLflow) to Tune instead of re-training it."""
+    import ray.tune
+
+    run = client.get_run(run_id)
+    metrics = dict(run.data.metrics)
+    keys = sorted(metrics)
+    epoch = 0
+    if keys:
+        epoch = max((m.step for m in client.get_metric_history(run_id, keys[0])), default=0)
+    ray.tune.report(order_metrics({**metrics, "epoch": float(epoch)}, ctx.metrics_first))
+    if run.info.status == "RUNNING":
+        client.set_terminated(run_id, status="FINISHED")

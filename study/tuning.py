@@ -1,0 +1,156 @@
+"""Building (and restoring) the Ray Tune ``Tuner`` of a study.
+
+* Optuna spaces: a seeded TPE sampler in ``OptunaSearch``, bounded by ``ConcurrencyLimiter``.
+  Multi-objective metric/mode lists go on ``OptunaSearch`` (Ray 2.60), not ``TuneConfig``.
+* Grid spaces: Tune's grid search (no Optuna), bounded by ``max_concurrent_trials``.
+* ``--scheduler asha``: ``AsyncHyperBandScheduler`` on the per-epoch target metric.
+
+The Tune experiment, including the pickled searcher, lives in ``<storage>/<name>``;
+:func:`restore_tuner` continues it with ``Tuner.restore``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from study.cluster import Capacity, driver_resources
+from study.spaces import SearchSpace
+from study.state import StudyState, join
+from study.trial import TrialContext, run_trial
+
+# Shown first in Tune's progress table (it shows the first few metrics of a result).
+_TABLE_METRICS = ("map100/multilingual", "bias/multilingual", "train/loss")
+
+
+def trial_dirname(trial: Any) -> str:
+    """Trial folder names carry the trial id, never a timestamp (restore depends on them)."""
+    return f"trial_{trial.trial_id}"
+
+
+def trial_context(state: StudyState) -> TrialContext:
+    """The per-study context every trial receives."""
+    resources = {"CPU": state.cpus_per_worker}
+    if state.gpus_per_worker:
+        resources["GPU"] = state.gpus_per_worker
+    first = tuple(dict.fromkeys([o["metric"] for o in state.objectives] + list(_TABLE_METRICS)))
+    return TrialContext(
+        study_name=state.name,
+        base_config=dict(state.base_config),
+        trial_fn=state.trial_fn,
+        train_storage=join(state.experiment_path, "train_runs"),
+        tracking_uri=state.tracking_uri,
+        experiment_id=state.experiment_id,
+        parent_run_id=state.parent_run_id,
+        max_failures=state.max_failures,
+        resources_per_worker=resources,
+        metrics_first=first,
+        objectives=tuple(o["metric"] for o in state.objectives),
+    )
+
+
+def build_trainable(state: StudyState, capacity: Capacity) -> Any:
+    """The Tune function with its context bound and a driver reservation that holds no worker CPU."""
+    from ray import tune
+
+    ctx = trial_context(state)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), driver_resources(capacity))
+    # Tune prints only these in each trial's result box (the real loop reports ~150 metrics).
+    trainable._progress_metrics = progress_metrics(ctx.metrics_first)
+    return trainable
+
+
+def progress_metrics(first: tuple) -> list[str]:
+    """The metrics of a trial's result box: objectives, loss, composition, mAP@100 per family."""
+    from trainables.languages import FAMILIES
+
+    families = [f"map100/multilingual/family/{f}" for f in FAMILIES]
+    return list(dict.fromkeys(["epoch", *first, "composition/mono_share", *families]))
+
+
+def build_searcher(space: SearchSpace, state: StudyState) -> Any:
+    """Seeded TPE in OptunaSearch under a ConcurrencyLimiter; None for grid spaces."""
+    if space.algorithm == "grid":
+        return None
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(
+        seed=state.seed, n_startup_trials=space.n_startup_trials, multivariate=space.multivariate
+    )
+    points = [dict(p) for p in space.initial_points] or None
+    if state.multi_objective:
+        searcher = OptunaSearch(
+            metric=[o["metric"] for o in state.objectives],
+            mode=[o["mode"] for o in state.objectives],
+            sampler=sampler,
+            points_to_evaluate=points,
+        )
+    else:
+        searcher = OptunaSearch(sampler=sampler, points_to_evaluate=points)
+    return ConcurrencyLimiter(searcher, max_concurrent=state.max_concurrent)
+
+
+def build_scheduler(state: StudyState) -> Any:
+    """ASHA early stopping on the per-epoch target metric, or None (FIFO)."""
+    if state.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    epochs = int(state.base_config.get("epochs", 1))
+    return AsyncHyperBandScheduler(
+        time_attr="epoch",  # not training_iteration: epochs without evaluation are not forwarded
+        max_t=max(1, epochs),
+        grace_period=max(1, epochs // 3),
+        reduction_factor=2,
+    )
+
+
+def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, verbose: int = 1) -> Any:
+    """A fresh Tuner for the study."""
+    from ray import tune
+
+    single = not state.multi_objective
+    tune_config = tune.TuneConfig(
+        metric=state.metric if single else None,
+        mode=state.mode if single else None,
+        search_alg=build_searcher(space, state),
+        scheduler=build_scheduler(state),
+        num_samples=state.num_samples,
+        max_concurrent_trials=state.max_concurrent if space.algorithm == "grid" else None,
+        trial_name_creator=trial_dirname,
+        trial_dirname_creator=trial_dirname,
+    )
+    run_config = tune.RunConfig(
+        name=state.name,
+        storage_path=state.storage_path,
+        verbose=verbose,
+        failure_config=tune.FailureConfig(max_failures=0),  # worker restarts happen inside Ray Train
+    )
+    return tune.Tuner(
+        build_trainable(state, capacity),
+        param_space=space.tune_param_space(),
+        tune_config=tune_config,
+        run_config=run_config,
+    )
+
+
+def can_restore(state: StudyState) -> bool:
+    """Whether Tune saved an experiment state for this study."""
+    from ray import tune
+
+    return tune.Tuner.can_restore(state.experiment_path)
+
+
+def restore_tuner(state: StudyState, capacity: Capacity) -> Any:
+    """Continue the study: finished and failed trials stay as they are, unfinished ones run again."""
+    from ray import tune
+
+    return tune.Tuner.restore(
+        state.experiment_path,
+        trainable=build_trainable(state, capacity),
+        resume_unfinished=True,
+        resume_errored=False,
+        restart_errored=False,
+    )

@@ -1,0 +1,26 @@
+"""Shared fixtures: a tiny, fast trial config and an isolated data cache."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory):
+    """One synthetic-data cache for the whole test session (generation runs once)."""
+    return str(tmp_path_factory.mktemp("data_cache"))
+
+
+@pytest.fixture
+def tiny_config(data_cache):
+    """A trial that trains in seconds: 256 train images, 64 test images, batch 32."""
+    from trainables.config import TrialConfig
+
+    return TrialConfig(
+        ratio=0.5, batch_size=32, epochs=2, synthetic_train_size=256, synthetic_test_size=64,
+        data_cache=data_cache, warmup_steps=2, eval_k=10,
+    )

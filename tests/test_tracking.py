@@ -1,0 +1,243 @@
+"""MLflow tracking of trials: explicit URIs, clean metrics, one child run per trial."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+
+from trainables.config import TrialConfig
+from trainables.tracking import (
+    TAG_PARENT,
+    TAG_REASON,
+    TAG_TRIAL_ID,
+    TrackingError,
+    TrackingInfo,
+    TrialRun,
+    check_tracking_uri,
+    clean_metrics,
+    client_for,
+    find_trial_run,
+    mlflow_metric_key,
+    resolve_tracking_uri,
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A sqlite MLflow store with one experiment and a parent run (created once: migrations are slow)."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = client_for(uri)
+    experiment_id = client.create_experiment("tracking-test")
+    parent = client.create_run(experiment_id, run_name="study-test").info.run_id
+    return uri, experiment_id, parent
+
+
+def _info(store, trial_id: str) -> TrackingInfo:
+    uri, experiment_id, parent = store
+    return TrackingInfo(uri, experiment_id, parent, trial_id, f"trial-{trial_id}")
+
+
+# --- URIs ---------------------------------------------------------------------
+def test_relative_sqlite_uri_becomes_absolute(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(cwd=str(tmp_path)) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert resolve_tracking_uri("sqlite:///sub/x.db", cwd=str(tmp_path)) == f"sqlite:///{tmp_path / 'sub' / 'x.db'}"
+
+
+def test_absolute_and_remote_uris_are_kept(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_the_environment_variable_is_the_fallback(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert resolve_tracking_uri(None) == "http://tracking.example:5000"
+
+
+def test_sqlite_in_a_missing_folder_is_rejected(tmp_path):
+    with pytest.raises(TrackingError, match="does not exist"):
+        check_tracking_uri(f"sqlite:///{tmp_path / 'nope' / 'mlflow.db'}")
+
+
+def test_an_unreachable_server_fails_fast():
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="unusable") as err:
+        check_tracking_uri("http://127.0.0.1:9", timeout_s=2)
+    assert time.monotonic() - started < 15
+    assert "\n" not in str(err.value)
+    assert os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") != "0"  # the quick settings were undone
+
+
+# --- metrics --------------------------------------------------------------------
+def test_metric_names_are_valid_for_mlflow():
+    assert mlflow_metric_key("map@100/multilingual") == "map100/multilingual"
+    assert mlflow_metric_key("a//b/") == "a/b"
+    assert mlflow_metric_key("x?y") == "x_y"
+
+
+def test_only_finite_real_measurements_are_logged():
+    metrics = {
+        "map100/multilingual": 0.5,
+        "train/loss": np.float32(1.25),
+        "n": 3,
+        "nan": math.nan,
+        "inf": math.inf,
+        "flag": True,
+        "text": "hello",
+        "epoch": 2.0,
+        "pid": 1234.0,
+        "timestamp": 1.7e9,
+        "checkpoint_path": "/tmp/x",
+        "ratio": 0.3,  # a config value, not a measurement
+        "map@100/x": 0.1,
+    }
+    assert clean_metrics(metrics) == {"map100/multilingual": 0.5, "train/loss": 1.25, "n": 3.0, "map100/x": pytest.approx(0.1)}
+
+
+# --- child runs -------------------------------------------------------------------
+def test_no_tracking_info_means_no_op():
+    run = TrialRun(None, TrialConfig())
+    run.log_epoch({"a": 1.0}, 1)
+    run.finish("FAILED", "x")
+    assert not run.active
+
+
+def test_a_trial_run_is_a_nested_child_with_every_param(store):
+    config = TrialConfig(ratio=0.25)
+    run = TrialRun(_info(store, "t1"), config)
+    run.log_epoch({"map100/multilingual": 0.4, "epoch": 1.0}, epoch=1)
+    run.log_epoch({"map100/multilingual": 0.5}, epoch=2)
+    run.finish()
+    got = client_for(store[0]).get_run(run.run_id)
+    assert got.info.status == "FINISHED"
+    assert got.data.tags[TAG_PARENT] == store[2] and got.data.tags[TAG_TRIAL_ID] == "t1"
+    assert got.info.run_name == "trial-t1"
+    assert set(got.data.params) == set(config.to_dict())
+    assert got.data.params["ratio"] == "0.25"
+    assert got.data.metrics == {"map100/multilingual": 0.5}
+    history = client_for(store[0]).get_metric_history(run.run_id, "map100/multilingual")
+    assert [m.step for m in history] == [1, 2]
+
+
+def test_a_restarted_trial_reattaches_instead_of_duplicating(store):
+    config = TrialConfig(ratio=0.75)
+    first = TrialRun(_info(store, "t2"), config)
+    first.log_epoch({"m": 1.0}, epoch=1)
+    first.log_epoch({"m": 2.0}, epoch=2)
+    # the worker group dies; a restarted one resumes from the epoch-1 checkpoint
+    second = TrialRun(_info(store, "t2"), config)
+    assert second.run_id == first.run_id
+    second.log_epoch({"m": 2.5}, epoch=2)  # already logged: skipped
+    second.log_epoch({"m": 3.0}, epoch=3)
+    second.finish()
+    client = client_for(store[0])
+    runs = client.search_runs([store[1]], filter_string=f"tags.`{TAG_TRIAL_ID}` = 't2'")
+    assert len(runs) == 1
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "m")] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert find_trial_run(client, _info(store, "t2")).info.run_id == first.run_id
+
+
+def test_a_failed_trial_ends_failed_with_its_reason(store):
+    run = TrialRun(_info(store, "t3"), TrialConfig())
+    run.finish("FAILED", reason="FloatingPointError: non-finite loss at step 7")
+    got = client_for(store[0]).get_run(run.run_id)
+    assert got.info.status == "FAILED"
+    assert got.data.tags[TAG_REASON] == "FloatingPointError: non-finite loss at step 7"
+
+
+# --- the Tune function around the fit (no Ray: a stand-in Tune context) ---------------------------
+def _context(store, fit_path: str):
+    from study.trial import TrialContext
+
+    uri, experiment_id, parent = store
+    base = TrialConfig(epochs=2).to_dict()
+    base.pop("ratio")
+    return TrialContext("s", base, fit_path, "/unused", uri, experiment_id, parent, metrics_first=("m",))
+
+
+@pytest.fixture
+def tune_stub(monkeypatch):
+    """``ray.tune.get_context``/``report`` of a trial with id ``tid``; reports land in ``.reports``."""
+    import ray.tune
+
+    stub = type("Stub", (), {"trial_id": "tid", "reports": []})()
+    context = type("Ctx", (), {"get_trial_id": lambda self: stub.trial_id})()
+    monkeypatch.setattr(ray.tune, "get_context", lambda: context)
+    monkeypatch.setattr(ray.tune, "report", lambda metrics, **kw: stub.reports.append(metrics))
+    monkeypatch.setattr("study.trial.OrderedTuneReportCallback", lambda *args: None)  # needs a real session
+    return stub
+
+
+def fit_ok(config, *, tracking, **kwargs):
+    run = TrialRun(tracking, config)
+    for epoch in (1, 2):
+        run.log_epoch({"m": epoch * config.ratio}, epoch)
+    run.finish()
+
+
+def fit_boom(config, *, tracking, **kwargs):
+    TrialRun(tracking, config).log_epoch({"m": 1.0}, 1)
+    raise ValueError("bad image 7")
+
+
+def fit_stopped(config, *, tracking, **kwargs):
+    TrialRun(tracking, config).log_epoch({"m": 1.0}, 1)
+    raise SystemExit(0)  # how Tune stops a trial's function (ASHA, Ctrl-C)
+
+
+def test_run_trial_marks_success_and_replays_instead_of_retraining(store, tune_stub):
+    from study.trial import run_trial
+
+    tune_stub.trial_id = "ok1"
+    run_trial({"ratio": 0.5}, _context(store, "tests.test_tracking:fit_ok"))
+    client = client_for(store[0])
+    got = find_trial_run(client, _info(store, "ok1"))
+    assert got.info.status == "FINISHED" and got.data.tags["mlclip.completed"] == "true"
+    # Tune restarts the trial (its state predates the trial's end): no training, metrics re-reported
+    run_trial({"ratio": 0.5}, _context(store, "tests.test_tracking:fit_boom"))
+    assert tune_stub.reports == [{"m": 1.0, "epoch": 2.0}]
+    assert client.get_run(got.info.run_id).info.status == "FINISHED"
+
+
+def test_run_trial_records_a_failure_with_its_reason(store, tune_stub):
+    from study.trial import run_trial
+
+    tune_stub.trial_id = "bad1"
+    with pytest.raises(ValueError):
+        run_trial({"ratio": 0.5}, _context(store, "tests.test_tracking:fit_boom"))
+    got = find_trial_run(client_for(store[0]), _info(store, "bad1"))
+    assert got.info.status == "FAILED" and got.data.tags[TAG_REASON] == "ValueError: bad image 7"
+    assert got.data.params["ratio"] == "0.5"
+
+
+def test_a_trial_stopped_by_tune_is_not_a_failure(store, tune_stub):
+    from study.trial import run_trial
+
+    tune_stub.trial_id = "stop1"
+    with pytest.raises(SystemExit):
+        run_trial({"ratio": 0.5}, _context(store, "tests.test_tracking:fit_stopped"))
+    got = find_trial_run(client_for(store[0]), _info(store, "stop1"))
+    assert got.info.status == "RUNNING" and TAG_REASON not in got.data.tags  # the study reconciles it
+
+
+def fit_wrong_metric(config, *, tracking, **kwargs):
+    return {"map100/multilingual": 0.5}
+
+
+def test_a_trial_without_the_objective_fails_with_a_clear_reason(store, tune_stub):
+    import dataclasses
+
+    from study.trial import run_trial
+
+    tune_stub.trial_id = "typo1"
+    ctx = dataclasses.replace(_context(store, "tests.test_tracking:fit_wrong_metric"), objectives=("map100/multilingal",))
+    with pytest.raises(RuntimeError, match="reported no map100/multilingal"):
+        run_trial({"ratio": 0.5}, ctx)
+    got = find_trial_run(client_for(store[0]), _info(store, "typo1"))
+    assert got.info.status == "FAILED" and "map100/multilingal" in got.data.tags[TAG_REASON]

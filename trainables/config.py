@@ -1,0 +1,206 @@
+"""The one typed, validated, frozen configuration of a trial.
+
+Every part of a trial (data, composer, model, loss, loop, evaluation) receives a
+:class:`TrialConfig` explicitly. It is flat on purpose: a search space samples
+top-level fields by name, MLflow logs each field as a param, and a checkpoint
+stores it as a plain dict (:meth:`TrialConfig.to_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from trainables.languages import LANGUAGES, canonical_language
+
+
+class ConfigError(ValueError):
+    """A trial config value is invalid. The message names the field and the problem."""
+
+
+COMPOSER_MODES = ("per_batch", "within_batch")
+LANGUAGE_WEIGHTINGS = ("uniform", "size")
+MISSING_CAPTION_POLICIES = ("redraw", "error")
+PRECISIONS = ("auto", "fp32", "bf16")
+UNREADABLE_IMAGE_POLICIES = ("skip", "error")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """All settings of one trial.
+
+    Composition (the study's subject):
+        ratio: share of monolingual data in [0, 1].
+        mode: ``per_batch`` (a whole global step is monolingual with probability
+            ``ratio``) or ``within_batch`` (each global batch holds exactly
+            ``round(ratio * batch_size)`` monolingual items).
+        language_weighting: ``uniform`` or ``size`` (proportional to caption counts).
+        train_languages: languages the composer may draw; others stay zero-shot.
+        missing_caption_policy: ``redraw`` (draw again among the sample's own
+            languages, counted) or ``error``.
+    Optimisation:
+        batch_size: GLOBAL batch size, split evenly over ``num_workers``.
+        temperature: initial softmax temperature tau (logit scale = 1/tau).
+        learn_temperature: whether the logit scale is trained.
+    Model:
+        model: ``tiny`` (offline random-init CLIP) or any open_clip model name.
+        pretrained: open_clip pretrained tag, or a local checkpoint path.
+        hf_text_model: HF text tower (local folder or hub name) on ``model``'s vision tower.
+    Data:
+        train_data: ``synthetic``, a JSONL manifest, or WebDataset shards (glob/brace).
+        eval_data: ``synthetic`` or an XTD-layout folder.
+    """
+
+    # --- composition -------------------------------------------------------
+    ratio: float = 0.5
+    mode: str = "per_batch"
+    language_weighting: str = "uniform"
+    train_languages: tuple[str, ...] = LANGUAGES
+    missing_caption_policy: str = "redraw"
+    # --- optimisation ------------------------------------------------------
+    batch_size: int = 64
+    epochs: int = 3
+    steps_per_epoch: Optional[int] = None  # None: one pass over the train split
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 20
+    temperature: float = 0.07
+    learn_temperature: bool = True
+    grad_clip: float = 1.0
+    seed: int = 0
+    # --- model -------------------------------------------------------------
+    model: str = "tiny"
+    pretrained: Optional[str] = None
+    lock_image: bool = False
+    lock_text_layers: int = 0
+    grad_checkpointing: bool = False
+    precision: str = "auto"
+    # --- data --------------------------------------------------------------
+    train_data: str = "synthetic"
+    eval_data: str = "synthetic"
+    images_dir: Optional[str] = None
+    allow_missing_images: bool = False
+    unreadable_image_policy: str = "skip"
+    data_cache: Optional[str] = None  # None: ~/.cache/mlclip-study
+    synthetic_train_size: int = 4000
+    synthetic_test_size: int = 1000
+    image_size: int = 32
+    data_seed: int = 0
+    loader_workers: int = 0
+    # --- real-scale model ---------------------------------------------------
+    # HF text tower (a local HF model folder with config + tokenizer, or a hub name) on the
+    # vision tower and embed_dim of ``model``, built as open_clip's CustomTextCLIP. The text
+    # tower starts from random weights (pretrained_text=False); see trainables.model.
+    hf_text_model: Optional[str] = None
+    # --- evaluation --------------------------------------------------------
+    eval_k: int = 100
+    eval_every: int = 1  # epochs
+    # --- distribution ------------------------------------------------------
+    num_workers: int = 1
+    use_gpu: bool = False
+
+    def __post_init__(self) -> None:
+        # Normalise sequences/codes so equal configs compare equal.
+        if isinstance(self.train_languages, str):
+            langs = tuple(x for x in self.train_languages.replace(" ", "").split(",") if x)
+        else:
+            langs = tuple(self.train_languages)
+        try:
+            langs = tuple(dict.fromkeys(canonical_language(x) for x in langs))
+        except ValueError as err:
+            raise ConfigError(f"train_languages: {err}") from None
+        object.__setattr__(self, "train_languages", langs)
+        self._validate()
+
+    # ------------------------------------------------------------------
+    def _validate(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise ConfigError(f"{name}={getattr(self, name)!r}: {why}")
+
+        if not isinstance(self.ratio, (int, float)) or not (0.0 <= float(self.ratio) <= 1.0) or math.isnan(self.ratio):
+            bad("ratio", "the monolingual ratio must lie in [0, 1]")
+        _choice(self, "mode", COMPOSER_MODES)
+        _choice(self, "language_weighting", LANGUAGE_WEIGHTINGS)
+        _choice(self, "missing_caption_policy", MISSING_CAPTION_POLICIES)
+        _choice(self, "precision", PRECISIONS)
+        _choice(self, "unreadable_image_policy", UNREADABLE_IMAGE_POLICIES)
+        if not self.train_languages:
+            bad("train_languages", "at least one training language is needed")
+        for name in ("batch_size", "epochs", "num_workers", "eval_k", "eval_every", "image_size",
+                     "synthetic_train_size", "synthetic_test_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, "must be a positive integer")
+        for name in ("warmup_steps", "lock_text_layers", "loader_workers"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                bad(name, "must be a non-negative integer")
+        if self.steps_per_epoch is not None and (not isinstance(self.steps_per_epoch, int) or self.steps_per_epoch < 1):
+            bad("steps_per_epoch", "must be a positive integer or None")
+        if self.batch_size < self.num_workers or self.batch_size % self.num_workers:
+            raise ConfigError(
+                f"batch_size={self.batch_size} must be at least num_workers={self.num_workers} and divisible by it "
+                "(it is the global batch, split evenly over the workers)"
+            )
+        for name in ("lr", "temperature"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                bad(name, "must be a positive finite number")
+        for name in ("weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                bad(name, "must be a non-negative finite number")
+        if self.model == "tiny" and self.pretrained:
+            bad("pretrained", "the offline 'tiny' model has no pretrained weights")
+        hf_text = self.hf_text_model
+        if hf_text is not None and (not isinstance(hf_text, str) or not hf_text.strip()):
+            bad("hf_text_model", "must be a local HF model folder or a hub name")
+        if self.hf_text_model and self.pretrained and self.pretrained in _pretrained_tags(self.model):
+            bad("pretrained", "a pretrained tag loads a whole CLIP of the named model and does not fit an "
+                "hf_text_model tower; give a local checkpoint of this combination instead")
+
+    # ------------------------------------------------------------------
+    @property
+    def local_batch_size(self) -> int:
+        """Per-worker batch: the global batch split evenly over the workers."""
+        return self.batch_size // self.num_workers
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python dict (lists for tuples): JSON/YAML/checkpoint safe."""
+        out = dataclasses.asdict(self)
+        out["train_languages"] = list(self.train_languages)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrialConfig":
+        """Build from a dict, rejecting unknown keys with one clear error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown trial config field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        coerced = dict(values)
+        if "train_languages" in coerced and isinstance(coerced["train_languages"], list):
+            coerced["train_languages"] = tuple(coerced["train_languages"])
+        try:
+            return cls(**coerced)
+        except TypeError as err:  # pragma: no cover - defensive
+            raise ConfigError(str(err)) from None
+
+    def replace(self, **changes: Any) -> "TrialConfig":
+        """A validated copy with ``changes`` applied."""
+        return TrialConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _pretrained_tags(model: str) -> list[str]:
+    """open_clip's pretrained tags of ``model`` (empty when unknown)."""
+    import open_clip
+
+    return list(open_clip.list_pretrained_tags_by_model(model))
+
+
+def _choice(cfg: TrialConfig, name: str, allowed: tuple[str, ...]) -> None:
+    if getattr(cfg, name) not in allowed:
+        raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be one of {', '.join(allowed)}")
+
+
+__all__ = ["TrialConfig", "ConfigError", "COMPOSER_MODES"]

@@ -1,0 +1,90 @@
+"""The trial driver: builds and fits one Ray Train ``TorchTrainer`` for a :class:`TrialConfig`.
+
+Ray's three layers, each small: ``study/`` builds the Tuner; this module builds the
+TorchTrainer of one trial; :func:`trainables.train.train_worker` trains on each
+worker. The trainer's run name is the trial's name (never a timestamp): Ray Train
+restores a run from its storage by name, so a restarted trial finds its checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import Any, Optional, Sequence
+
+from trainables.config import TrialConfig
+
+# Faster detection of finished/failed worker groups: per-trial teardown drops from
+# about 6 s to about 1.5 s on a 2-core machine. setdefault: a user's value wins.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
+
+class TrialFailed(RuntimeError):
+    """A trial's training failed; the message carries the root cause."""
+
+
+def ray_worker_entry(payload: dict[str, Any]) -> None:
+    """What Ray Train runs on every worker: rebuild the typed config and train."""
+    from trainables.session import RaySession
+    from trainables.tracking import TrackingInfo
+    from trainables.train import train_worker
+
+    config = TrialConfig.from_dict(payload["config"])
+    tracking = TrackingInfo(**payload["tracking"]) if payload.get("tracking") else None
+    train_worker(config, RaySession(config.use_gpu), tracking)
+
+
+def build_trainer(config: TrialConfig, *, name: str, storage_path: str, tracking=None,
+                  callbacks: Sequence = (), max_failures: int = 0,
+                  resources_per_worker: Optional[dict] = None):
+    """A ``TorchTrainer`` for one trial.
+
+    ``config.num_workers`` workers (1 CPU each, plus 1 GPU each with ``use_gpu``),
+    gloo on CPU and NCCL on GPU; ``max_failures`` restarts of the worker group from
+    the latest checkpoint; the two newest checkpoints are kept.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    payload = {"config": config.to_dict(), "tracking": asdict(tracking) if tracking is not None else None}
+    return TorchTrainer(
+        ray_worker_entry,
+        train_loop_config=payload,
+        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker=resources_per_worker,
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            callbacks=list(callbacks),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def fit_trial(config: TrialConfig, **kwargs):
+    """Build and fit the trainer; raise :class:`TrialFailed` with the root cause on failure."""
+    trainer = build_trainer(config, **kwargs)
+    try:
+        result = trainer.fit()
+    except Exception as err:  # Ray wraps the worker's exception; surface its message
+        raise TrialFailed(_root_cause(err)) from err
+    if getattr(result, "error", None) is not None:
+        raise TrialFailed(_root_cause(result.error))
+    return result
+
+
+def _root_cause(err: BaseException) -> str:
+    seen = err
+    while True:
+        nxt = getattr(seen, "cause", None) or seen.__cause__
+        if nxt is None or nxt is seen:
+            break
+        seen = nxt
+    text = str(seen).strip().splitlines()
+    last = text[-1] if text else ""
+    return f"{type(seen).__name__}: {last}" if last else type(seen).__name__

@@ -1,0 +1,122 @@
+"""Where a per-worker function runs: under Ray Train, or in a plain process.
+
+The training loop only talks to a :class:`Session`: its rank and world size, its
+device, a ``report(metrics, checkpoint_state)`` call once per epoch, and the
+latest checkpoint to resume from. :class:`RaySession` maps these onto
+``ray.train``; :class:`LocalSession` keeps them in memory and on local disk, so the
+same loop runs in tests and under a profiler without Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+STATE_FILE = "state.pt"
+
+
+def save_state(state: dict[str, Any], directory: Path) -> Path:
+    """Write a checkpoint state (tensors and plain Python only) to ``directory/state.pt``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, directory / STATE_FILE)  # a reader never sees half a file
+    return directory / STATE_FILE
+
+
+def load_state(directory: Path | str) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_state`. ``weights_only=True``: no pickled code runs."""
+    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def pick_device(use_gpu: bool, local_rank: int = 0) -> torch.device:
+    if use_gpu:
+        if not torch.cuda.is_available():
+            raise RuntimeError("use_gpu=True but this worker sees no CUDA device")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+class Session:
+    """Interface of what the loop needs from its runtime (see module docstring)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    under_ray: bool = False
+
+    def report(self, metrics: dict[str, float], state: Optional[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def latest_state(self) -> Optional[dict[str, Any]]:
+        raise NotImplementedError
+
+
+@dataclass
+class LocalSession(Session):
+    """One plain process. Reports land in ``self.reports``; checkpoints in ``checkpoint_dir``."""
+
+    use_gpu: bool = False
+    checkpoint_dir: Optional[Path] = None
+    resume: bool = True
+    reports: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.device = pick_device(self.use_gpu)
+
+    def report(self, metrics: dict[str, float], state: Optional[dict[str, Any]]) -> None:
+        self.reports.append(dict(metrics))
+        if state is not None and self.checkpoint_dir is not None:
+            save_state(state, Path(self.checkpoint_dir))
+
+    def latest_state(self) -> Optional[dict[str, Any]]:
+        if self.resume and self.checkpoint_dir is not None and (Path(self.checkpoint_dir) / STATE_FILE).exists():
+            return load_state(self.checkpoint_dir)
+        return None
+
+
+class RaySession(Session):
+    """A Ray Train worker: rank/world from the train context, checkpoints through ``ray.train``."""
+
+    under_ray = True
+
+    def __init__(self, use_gpu: bool) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.local_rank = ctx.get_local_rank()
+        self.device = pick_device(use_gpu, self.local_rank)
+        if use_gpu:
+            torch.cuda.set_device(self.device)
+
+    def report(self, metrics: dict[str, float], state: Optional[dict[str, Any]]) -> None:
+        import ray.train
+
+        # Every rank calls report (it is a barrier); only rank 0 carries the checkpoint.
+        if state is None or self.rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            save_state(state, Path(tmp))
+            epoch = int(metrics.get("epoch", 0))
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",
+            )
+
+    def latest_state(self) -> Optional[dict[str, Any]]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return load_state(directory)

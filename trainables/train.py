@@ -1,0 +1,305 @@
+"""The per-worker training function: one trial's training loop, in labelled phases.
+
+``train_worker(config, session, tracking)`` is what every Ray Train worker runs
+(through :func:`trainables.driver.ray_worker_entry`) and what tests and profilers
+call directly with a :class:`~trainables.session.LocalSession` (no Ray).
+
+Phases: setup -> data -> model -> optimiser -> resume -> epochs (train, evaluate,
+report + checkpoint). Each epoch reports one flat metrics dict: evaluation metrics
+from :mod:`trainables.evaluate`, realised composition from the composer, and
+``train/*`` figures (loss, throughput).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from trainables.batches import TokenizedTrainSet, tokenize_set
+from trainables.config import TrialConfig
+from trainables.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN/inf. The last good checkpoint is kept."""
+
+
+@dataclass
+class TrialState:
+    """Everything the epoch loop mutates, in one place (and in each checkpoint)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    composer: Any
+    epoch: int = 0  # next epoch to run
+
+
+# ---------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------
+def load_datasets(config: TrialConfig, tokenize) -> tuple[TokenizedTrainSet, Any]:
+    """Train set (tokenised, in memory) and the XTD-format evaluation set for ``config``."""
+    from trainables.data.sources import load_train_set
+    from trainables.data.xtd import load_xtd
+
+    train_raw, default_eval_dir = load_train_set(config)
+    eval_dir = default_eval_dir if config.eval_data == "synthetic" else config.eval_data
+    eval_set = load_xtd(
+        eval_dir,
+        config.images_dir if config.eval_data != "synthetic" else None,
+        allow_missing_images=config.allow_missing_images,
+        unreadable_policy=config.unreadable_image_policy,
+        image_size=config.image_size,
+    )
+    return tokenize_set(train_raw, tokenize), eval_set
+
+
+# ---------------------------------------------------------------------------
+# optimiser
+# ---------------------------------------------------------------------------
+def build_optimizer(model: torch.nn.Module, config: TrialConfig, total_steps: int):
+    """AdamW with no weight decay on gains, biases and the logit scale; linear warm-up, cosine decay."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "logit_scale" in name or "bias" in name else decay).append(param)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, betas=(0.9, 0.98), eps=1e-6,
+    )
+    warmup = min(config.warmup_steps, max(total_steps // 2, 1))
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(total_steps - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+# ---------------------------------------------------------------------------
+# one epoch
+# ---------------------------------------------------------------------------
+def train_one_epoch(state: TrialState, data: TokenizedTrainSet, loss_fn, transform, config: TrialConfig,
+                    session: Session, start_step: int = 0) -> dict[str, float]:
+    """Run this rank's share of every global step of ``state.epoch``; returns ``train/*`` metrics.
+
+    The loss is accumulated on the device and read back only every ``check_every``
+    steps, so a GPU never waits on the host each step; a non-finite loss is caught
+    at the next read and stops the trial before it is checkpointed.
+    """
+    model, device = state.model, session.device
+    model.train()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if _use_bf16(config, device) else nullcontext())
+    loss_sum = torch.zeros((), device=device)
+    steps, check_every, t0 = 0, 25, time.perf_counter()
+    for step, indices, lang_ids in state.composer.local_batches(state.epoch, start_step=start_step):
+        images, tokens = data.batch(indices, lang_ids)
+        images = transform(images.to(device, non_blocking=True))
+        tokens = tokens.to(device, non_blocking=True)
+        with autocast:
+            out = model(images, tokens)
+            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        state.optimizer.step()
+        state.scheduler.step()
+        with torch.no_grad():  # open_clip clamps the logit scale at 100 (temperature >= 0.01)
+            _unwrap(model).logit_scale.clamp_(0, math.log(100))
+        loss_sum += loss.detach().float()
+        steps += 1
+        if steps % check_every == 0:
+            _check_finite(loss_sum, state.epoch + 1, step)
+    _check_finite(loss_sum, state.epoch + 1, "end")
+    elapsed = time.perf_counter() - t0
+    samples = steps * config.batch_size  # global samples: every rank ran the same number of steps
+    return {
+        "train/loss": float(loss_sum) / max(steps, 1),
+        "train/steps": float(steps),
+        "train/epoch_time_s": elapsed,
+        "train/samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
+        "train/lr": float(state.scheduler.get_last_lr()[0]),
+        "train/temperature": float(1.0 / _unwrap(model).logit_scale.detach().exp()),
+    }
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int, step) -> None:
+    if not torch.isfinite(loss_sum):
+        raise NonFiniteLossError(
+            f"non-finite training loss in epoch {epoch} (detected at step {step}); "
+            "the trial stops and keeps its last good checkpoint"
+        )
+
+
+def _use_bf16(config: TrialConfig, device: torch.device) -> bool:
+    return device.type == "cuda" and config.precision in ("auto", "bf16")
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+# ---------------------------------------------------------------------------
+# evaluation and checkpoints
+# ---------------------------------------------------------------------------
+def evaluate(model: torch.nn.Module, bundle, eval_set, config: TrialConfig, device) -> dict[str, float]:
+    """XTD-format retrieval metrics of the current model (see :mod:`trainables.evaluate`)."""
+    from trainables.evaluate import embed_dataset, evaluate_embeddings
+
+    t0 = time.perf_counter()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if _use_bf16(config, device) else nullcontext()
+    with autocast:
+        image_emb, text_emb = embed_dataset(_unwrap(model), bundle.tokenize, bundle.image_transform, eval_set, device)
+    metrics = evaluate_embeddings(image_emb.float(), {k: v.float() for k, v in text_emb.items()}, k=config.eval_k)
+    metrics["eval/time_s"] = time.perf_counter() - t0
+    return metrics
+
+
+def checkpoint_state(state: TrialState, config: TrialConfig,
+                     metrics: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    """Plain state for ``torch.save``: loadable with ``weights_only=True``.
+
+    ``metrics`` (the epoch's reported metrics, plain floats) are kept so that a run restored
+    after its last epoch can report them again (see :func:`train_worker`).
+    """
+    return {
+        "model": _unwrap(state.model).state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "composer": state.composer.state_dict(),
+        "epoch": state.epoch,
+        "config": config.to_dict(),
+        "metrics": {str(k): float(v) for k, v in (metrics or {}).items()},
+    }
+
+
+def restore(state: TrialState, saved: dict[str, Any]) -> None:
+    _unwrap(state.model).load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.composer.load_state_dict(saved["composer"])
+    state.epoch = int(saved["epoch"]) + 1
+
+
+# ---------------------------------------------------------------------------
+# the per-worker function
+# ---------------------------------------------------------------------------
+def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[dict[str, float]]:
+    """Train and evaluate one trial on this worker; returns the per-epoch metrics it reported.
+
+    Inputs: a validated ``config``; a ``session`` (rank, world size, device,
+    report/resume); optional MLflow ``tracking`` info, used by rank 0 only.
+    """
+    from trainables.composer import BatchComposer
+    from trainables.loss import make_clip_loss
+    from trainables.model import build_model
+    from trainables.tracking import TrialRun
+
+    # --- setup: the same seed on every rank, so every rank builds the same model
+    torch.manual_seed(config.seed)
+    bundle = build_model(config, device=session.device)
+
+    # --- data: tokenised once; the composer decides (sample, language) per step
+    data, eval_set = load_datasets(config, bundle.tokenize)
+    composer = BatchComposer.from_config(config, data.available, data.languages, session.rank, session.world_size)
+    steps_per_epoch = composer.num_steps(0)
+
+    # --- model and optimiser (DDP wrapping happens only with several workers)
+    model = _wrap_ddp(bundle.model, session)
+    optimizer, scheduler = build_optimizer(model, config, steps_per_epoch * config.epochs)
+    state = TrialState(model, optimizer, scheduler, composer)
+    loss_fn = make_clip_loss(session.rank, session.world_size)
+
+    # --- resume: a restarted worker group continues after the last finished epoch
+    saved = session.latest_state()
+    if saved is not None:
+        restore(state, saved)
+    run = TrialRun(tracking if session.rank == 0 else None, config)
+    reports: list[dict[str, float]] = []
+    try:
+        if saved is not None and state.epoch >= config.epochs:
+            reports.append(_report_again(saved, session, run))
+        while state.epoch < config.epochs:
+            _test_fault_hook(session, state.epoch + 1)
+            metrics = {"epoch": float(state.epoch + 1)}
+            metrics.update(train_one_epoch(state, data, loss_fn, bundle.image_transform, config, session))
+            metrics.update(composer.stats())
+            if session.rank == 0 and ((state.epoch + 1) % config.eval_every == 0 or state.epoch + 1 == config.epochs):
+                metrics.update(evaluate(model, bundle, eval_set, config, session.device))
+            metrics.update({f"data/{k}": float(v) for k, v in data.skipped.items()})
+            run.log_epoch(metrics, epoch=state.epoch + 1)
+            session.report(metrics, checkpoint_state(state, config, metrics) if session.rank == 0 else None)
+            reports.append(metrics)
+            state.epoch += 1
+    except BaseException as err:
+        run.finish("FAILED", reason=f"{type(err).__name__}: {err}")
+        raise
+    run.finish("FINISHED")
+    return reports
+
+
+def _report_again(saved: dict[str, Any], session: Session, run) -> dict[str, float]:
+    """Re-report the last epoch of a run restored with every epoch done; returns those metrics.
+
+    This happens when a worker group (or a resumed study's trial) restarts after the last
+    checkpoint was written. Without it the restarted run would report nothing, and its
+    driver and Tune would see no final result. Every rank calls it (a report is a barrier).
+    """
+    metrics = dict(saved.get("metrics") or {"epoch": float(int(saved["epoch"]) + 1)})
+    run.log_epoch(metrics, epoch=int(metrics["epoch"]))  # a no-op when MLflow already has it
+    session.report(metrics, None)
+    return metrics
+
+
+FAULT_DIR_ENV = "MLCLIP_TEST_FAULT_DIR"  # test-only hook, see _test_fault_hook
+
+
+def _test_fault_hook(session: Session, epoch: int) -> None:
+    """TEST-ONLY fault-injection point, inert unless ``$MLCLIP_TEST_FAULT_DIR`` is set.
+
+    At the start of each epoch a worker writes an empty file ``rank{R}.epoch{E}.pid{P}``
+    into that folder, so a test knows which process runs which epoch. While a file
+    ``hold.rank{R}.epoch{E}`` exists there, the matching worker waits (at most 5 minutes)
+    so the test can kill it by pid at a known point. One environment lookup per epoch.
+    """
+    folder = os.environ.get(FAULT_DIR_ENV)
+    if not folder:
+        return
+    base = Path(folder)
+    (base / f"rank{session.rank}.epoch{epoch}.pid{os.getpid()}").touch()
+    hold, deadline = base / f"hold.rank{session.rank}.epoch{epoch}", time.monotonic() + 300
+    while hold.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _wrap_ddp(model: torch.nn.Module, session: Session) -> torch.nn.Module:
+    model = model.to(session.device)
+    if session.world_size == 1:
+        return model
+    device_ids = [session.device.index] if session.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def run_local(config: TrialConfig, checkpoint_dir=None, tracking=None, resume: bool = True) -> list[dict[str, float]]:
+    """Run the per-worker function in this process, without Ray (one worker)."""
+    from trainables.session import LocalSession
+
+    if config.num_workers != 1:
+        config = config.replace(num_workers=1)
+    session = LocalSession(use_gpu=config.use_gpu, checkpoint_dir=checkpoint_dir, resume=resume)
+    return train_worker(config, session, tracking)
