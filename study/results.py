@@ -55,6 +55,7 @@ def records_from_results(results: Any, base_config: dict) -> list[TrialRecord]:
     from study.trial import failure_reason
 
     epochs = int(base_config.get("epochs", 0))
+    terminated = _terminated_trials(results)
     records = []
     for result in results:
         metrics = dict(result.metrics or {})
@@ -64,12 +65,24 @@ def records_from_results(results: Any, base_config: dict) -> list[TrialRecord]:
         reason = None
         if result.error is not None:
             status, reason = FAILED, failure_reason(result.error)
-        elif not metrics.get("done"):  # Tune sets done on a trial's last result (completed or stopped)
+        elif not (metrics.get("done") or trial_id in terminated):
             status = UNFINISHED
         else:
             status = COMPLETED if done >= epochs else EARLY_STOPPED
         records.append(TrialRecord(trial_id, status, params, clean_metrics(metrics), done, reason))
     return sort_records(records)
+
+
+def _terminated_trials(results: Any) -> set[str]:
+    """Ids of the trials Tune holds as TERMINATED (finished or stopped early, not errored).
+
+    Tune sets ``done`` on a trial's last result in memory, but the experiment state it saves
+    keeps the result without it: after ``--resume``, a trial finished before the interruption
+    has ``done`` unset, and only its status says it ended. (``ResultGrid`` keeps the trials,
+    in the order of its results, in its ExperimentAnalysis; absent there, nothing is known.)
+    """
+    analysis = getattr(results, "_experiment_analysis", None)
+    return {t.trial_id for t in getattr(analysis, "trials", None) or [] if getattr(t, "status", None) == "TERMINATED"}
 
 
 def _trial_id_from_path(path: Optional[str]) -> str:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +192,63 @@ def load_space(name_or_path: str) -> SearchSpace:
         at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SpaceError(f"malformed space file {path}{at}: {problem}") from None
-    return parse_space(data, name=path.stem, source=str(path))
+    return contain_paths(parse_space(data, name=path.stem, source=str(path)), path.parent)
+
+
+# ---------------------------------------------------------------------------
+# Paths named by a space file
+# ---------------------------------------------------------------------------
+# TrialConfig fields that name files or folders: always paths (but "synthetic"), or paths only
+# when they look like one (else an open_clip tag / an HF hub name).
+PATH_FIELDS = ("train_data", "eval_data", "images_dir", "data_cache")
+MAYBE_PATH_FIELDS = ("pretrained", "hf_text_model")
+_FLAG_FOR = {"train_data": "--train-data", "eval_data": "--eval-data", "images_dir": "--images-dir"}
+
+
+def contain_paths(space: SearchSpace, folder: Path) -> SearchSpace:
+    """The space with its data/model paths resolved inside ``folder`` (the space file's folder).
+
+    The rule: a path in a space file is relative and resolves, after ``..`` and symlinks,
+    inside the folder that holds the file. Anything else (absolute, ``~``, escaping by ``..``
+    or through a symlink) is a SpaceError: a space file is shareable data and never sends a
+    study to read or write elsewhere unseen; such locations go on the command line
+    (``--eval-data``, ``--set data_cache=...``), where the user names them.
+    """
+    where = f"space {space.name!r} ({space.source})"
+    fixed = {k: _contained(k, v, folder, f"{where}: fixed.{k}") for k, v in space.fixed.items()}
+    params = tuple(
+        replace(p, values=tuple(_contained(p.name, v, folder, f"{where}: params.{p.name}") for v in p.values))
+        if p.values else p
+        for p in space.params
+    )
+    return replace(space, fixed=fixed, params=params)
+
+
+def _contained(key: str, value: Any, folder: Path, where: str) -> Any:
+    """``value`` as an absolute path inside ``folder`` when ``key`` names a path; else unchanged."""
+    if not _is_path_value(key, value):
+        return value
+    flag = _FLAG_FOR.get(key, f"--set {key}=...")
+    if value.startswith("~") or Path(value).is_absolute():
+        raise SpaceError(f"{where}={value!r}: a space file may only name paths inside its own folder "
+                         f"{folder}; give this one on the command line ({flag})")
+    base = folder.resolve()
+    resolved = (base / value).resolve()
+    if not resolved.is_relative_to(base):
+        how = "by '..'" if ".." in Path(value).parts else "through a symlink"
+        raise SpaceError(f"{where}={value!r} leads {how} to {resolved}, outside the space file's folder {base}; "
+                         f"give it on the command line ({flag}) if that is intended")
+    return str(resolved)
+
+
+def _is_path_value(key: str, value: Any) -> bool:
+    if not isinstance(value, str) or not value or "://" in value:
+        return False
+    if key in PATH_FIELDS:
+        return value != "synthetic"
+    if key in MAYBE_PATH_FIELDS:
+        return value.startswith(("/", "~", "./", "../")) or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    return False
 
 
 def parse_space(data: Any, *, name: str, source: str) -> SearchSpace:
@@ -369,8 +425,29 @@ def make_objective(metric: Any, mode: Any, where: str = "objective") -> Objectiv
 # Validation: every config a space can produce must be a valid TrialConfig
 # ---------------------------------------------------------------------------
 def build_trial_config(base: dict, params: dict) -> TrialConfig:
-    """The trial config: ``base`` (defaults + fixed + CLI) updated by the sampled ``params``."""
-    return TrialConfig.from_dict({**base, **params})
+    """The trial config: ``base`` (defaults + fixed + CLI) updated by the sampled ``params``.
+
+    The model name and ``pretrained`` tag are checked against open_clip's registry too (no
+    download), so a study refuses an unknown model before it starts, instead of failing
+    every trial on it.
+    """
+    config = TrialConfig.from_dict({**base, **params})
+    _check_model(config)
+    return config
+
+
+_MODELS_CHECKED: set = set()
+
+
+def _check_model(config: TrialConfig) -> None:
+    """ConfigError when open_clip does not know ``config.model`` or its ``pretrained`` tag (cached)."""
+    key = (config.model, config.pretrained)
+    if key in _MODELS_CHECKED:
+        return
+    from trainables.model import resolve_model_name
+
+    resolve_model_name(config)
+    _MODELS_CHECKED.add(key)
 
 
 def validation_points(space: SearchSpace, n_samples: int = 64, seed: int = 0) -> list[dict]:

@@ -74,9 +74,9 @@ def fault_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("faults")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def ray_local(fault_dir):
-    """A 2-CPU local Ray whose workers see the fault-injection folder."""
+    """A 2-CPU local Ray whose workers see the fault-injection folder (shut down before the study tests)."""
     import trainables.driver  # noqa: F401 - sets Ray Train's health-check interval before Ray starts
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
@@ -169,47 +169,8 @@ class Killer(threading.Thread):
 
 
 # ---------------------------------------------------------------------------
-# 1. a worker dies mid-trial
+# 1. a worker dies mid-trial (and 3. a trial fails, as Ray Train sees it)
 # ---------------------------------------------------------------------------
-def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_local, fault_dir, store, data_cache, tmp_path):
-    from trainables.driver import fit_trial
-
-    config = small_config(data_cache, num_workers=2)
-    reference = fit_trial(config, name="uninterrupted", storage_path=str(tmp_path))
-    epochs_started(fault_dir)
-
-    killer = Killer(fault_dir, tmp_path / "killed", rank=1, epoch=2)
-    killer.start()
-    result = fit_trial(config, name="killed", storage_path=str(tmp_path), tracking=tracking(store, "killed"),
-                       max_failures=1)
-    killer.join(timeout=60)
-    assert killer.error is None and killer.victim is not None, killer.error
-    started = epochs_started(fault_dir)
-
-    # Ray Train restarted the group once: the first group started epochs 1 and 2 on both ranks
-    # (rank 1 was killed in epoch 2); the second group started only epoch 2 (from the checkpoint).
-    assert killer.victim in started and (1, 2) in started[killer.victim]
-    first = {pid for pid, seen in started.items() if (0, 1) in seen or (1, 1) in seen}
-    second = set(started) - first
-    assert len(first) == 2 and len(second) == 2
-    assert set().union(*(started[pid] for pid in second)) == {(0, 2), (1, 2)}
-
-    # the trial finished, and every reported metric equals the uninterrupted run's, exactly
-    assert result.metrics["epoch"] == 2.0 and math.isfinite(result.metrics["map10/multilingual"])
-    assert deterministic(result.metrics) == deterministic(reference.metrics)
-    history = [deterministic(row) for row in result.metrics_dataframe.to_dict("records")]
-    expected = [deterministic(row) for row in reference.metrics_dataframe.to_dict("records")]
-    assert [row["epoch"] for row in history] == [1.0, 2.0] and history == expected
-
-    # one MLflow child run, finished, with each epoch logged once and no stale failure reason
-    runs = child_runs(store, "killed")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert TAG_REASON not in runs[0].data.tags
-    client = client_for(store[0])
-    losses = [(m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, "train/loss")]
-    assert losses == [(1, expected[0]["train/loss"]), (2, expected[1]["train/loss"])]
-
-
 def report_recorder(path: Path):
     """A Ray Train callback that appends every report's metrics to ``path`` (JSON lines).
 
@@ -235,40 +196,79 @@ def recorded(path: Path) -> list[dict]:
     return rows
 
 
-def test_a_trial_restored_after_its_last_epoch_reports_it_again(ray_local, fault_dir, store, data_cache, tmp_path):
-    from trainables.driver import fit_trial
+@pytest.mark.usefixtures("ray_local")
+class TestTrialFaults:
+    """Faults inside one trial, on a local Ray started for these tests only."""
 
-    config = small_config(data_cache, epochs=1, eval_every=1)
-    log = tmp_path / "reports.jsonl"
-    kwargs = dict(name="done", storage_path=str(tmp_path), tracking=tracking(store, "done"))
-    first = fit_trial(config, callbacks=[report_recorder(log)], **kwargs)
-    assert [row["epoch"] for row in recorded(log)] == [1.0]
-    epochs_started(fault_dir)
-    # e.g. the study driver died after the trial's last checkpoint, before Tune recorded the end
-    again = fit_trial(config, callbacks=[report_recorder(log)], **kwargs)
-    assert epochs_started(fault_dir) == {}  # nothing trained again
-    reports = recorded(log)
-    assert len(reports) == 1 and deterministic(reports[0]) == deterministic(first.metrics)
-    assert deterministic(again.metrics) == deterministic(first.metrics)
-    runs = child_runs(store, "done")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    def test_a_killed_worker_restarts_from_the_last_checkpoint(self, fault_dir, store, data_cache, tmp_path):
+        from trainables.driver import fit_trial
 
+        config = small_config(data_cache, num_workers=2)
+        reference = fit_trial(config, name="uninterrupted", storage_path=str(tmp_path))
+        epochs_started(fault_dir)
 
-# ---------------------------------------------------------------------------
-# 3. a trial fails
-# ---------------------------------------------------------------------------
-def test_a_non_finite_loss_fails_the_trial_with_its_reason(ray_local, fault_dir, store, data_cache, tmp_path):
-    from trainables.driver import TrialFailed, fit_trial
+        killer = Killer(fault_dir, tmp_path / "killed", rank=1, epoch=2)
+        killer.start()
+        result = fit_trial(config, name="killed", storage_path=str(tmp_path), tracking=tracking(store, "killed"),
+                           max_failures=1)
+        killer.join(timeout=60)
+        assert killer.error is None and killer.victim is not None, killer.error
+        started = epochs_started(fault_dir)
 
-    config = small_config(data_cache, epochs=1, lr=1e30)  # the weights overflow in the first steps
-    with pytest.raises(TrialFailed, match="NonFiniteLossError: non-finite training loss in epoch 1"):
-        fit_trial(config, name="nan", storage_path=str(tmp_path), tracking=tracking(store, "nan"), max_failures=1)
-    # Ray Train retries every worker error (max_failures=1): the retry fails the same way,
-    # and it re-attaches to the same MLflow run.
-    assert len(epochs_started(fault_dir)) == 2
-    runs = child_runs(store, "nan")
-    assert len(runs) == 1 and runs[0].info.status == "FAILED"
-    assert runs[0].data.tags[TAG_REASON].startswith("NonFiniteLossError: non-finite training loss in epoch 1")
+        # Ray Train restarted the group once: the first group started epochs 1 and 2 on both ranks
+        # (rank 1 was killed in epoch 2); the second group started only epoch 2 (from the checkpoint).
+        assert killer.victim in started and (1, 2) in started[killer.victim]
+        first = {pid for pid, seen in started.items() if (0, 1) in seen or (1, 1) in seen}
+        second = set(started) - first
+        assert len(first) == 2 and len(second) == 2
+        assert set().union(*(started[pid] for pid in second)) == {(0, 2), (1, 2)}
+
+        # the trial finished, and every reported metric equals the uninterrupted run's, exactly
+        assert result.metrics["epoch"] == 2.0 and math.isfinite(result.metrics["map10/multilingual"])
+        assert deterministic(result.metrics) == deterministic(reference.metrics)
+        history = [deterministic(row) for row in result.metrics_dataframe.to_dict("records")]
+        expected = [deterministic(row) for row in reference.metrics_dataframe.to_dict("records")]
+        assert [row["epoch"] for row in history] == [1.0, 2.0] and history == expected
+
+        # one MLflow child run, finished, with each epoch logged once and no stale failure reason
+        runs = child_runs(store, "killed")
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+        assert TAG_REASON not in runs[0].data.tags
+        client = client_for(store[0])
+        losses = [(m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, "train/loss")]
+        assert losses == [(1, expected[0]["train/loss"]), (2, expected[1]["train/loss"])]
+
+    def test_a_trial_restored_after_its_last_epoch_reports_it_again(self, fault_dir, store, data_cache, tmp_path):
+        from trainables.driver import fit_trial
+
+        config = small_config(data_cache, epochs=1, eval_every=1)
+        log = tmp_path / "reports.jsonl"
+        kwargs = dict(name="done", storage_path=str(tmp_path), tracking=tracking(store, "done"))
+        first = fit_trial(config, callbacks=[report_recorder(log)], **kwargs)
+        assert [row["epoch"] for row in recorded(log)] == [1.0]
+        epochs_started(fault_dir)
+        # e.g. the study driver died after the trial's last checkpoint, before Tune recorded the end
+        again = fit_trial(config, callbacks=[report_recorder(log)], **kwargs)
+        assert epochs_started(fault_dir) == {}  # nothing trained again
+        reports = recorded(log)
+        assert len(reports) == 1 and deterministic(reports[0]) == deterministic(first.metrics)
+        assert deterministic(again.metrics) == deterministic(first.metrics)
+        runs = child_runs(store, "done")
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+    # 3. a trial fails (in Ray Train; the study's side is in the scenario below)
+    def test_a_non_finite_loss_fails_the_trial_with_its_reason(self, fault_dir, store, data_cache, tmp_path):
+        from trainables.driver import TrialFailed, fit_trial
+
+        config = small_config(data_cache, epochs=1, lr=1e30)  # the weights overflow in the first steps
+        with pytest.raises(TrialFailed, match="NonFiniteLossError: non-finite training loss in epoch 1"):
+            fit_trial(config, name="nan", storage_path=str(tmp_path), tracking=tracking(store, "nan"), max_failures=1)
+        # Ray Train retries every worker error (max_failures=1): the retry fails the same way,
+        # and it re-attaches to the same MLflow run.
+        assert len(epochs_started(fault_dir)) == 2
+        runs = child_runs(store, "nan")
+        assert len(runs) == 1 and runs[0].info.status == "FAILED"
+        assert runs[0].data.tags[TAG_REASON].startswith("NonFiniteLossError: non-finite training loss in epoch 1")
 
 
 # ---------------------------------------------------------------------------
@@ -327,15 +327,23 @@ def wait_completed(proc: subprocess.Popen, cwd: Path, log: Path, count: int) -> 
     return wait_for(ready, f"{count} completed trial(s)", STUDY_TIMEOUT_S)
 
 
-def kill_session(proc: subprocess.Popen) -> list[str]:
-    """SIGKILL the driver, then every process still in its session (its local Ray cluster), by pid.
+def tune_completed(log: Path) -> list[str]:
+    """Trial ids whose completion Tune has processed (its console line), from a study's log."""
+    return re.findall(r"Trial trial_(\w+) completed after", log.read_text(errors="replace"))
 
-    Like losing the driver's machine. Returns the command lines of the processes that outlived
-    the driver by 5 s.
+
+def kill_session(proc: subprocess.Popen, grace_s: float = 20.0) -> list[str]:
+    """SIGKILL the driver, then whatever is left of its session (its local Ray cluster), by pid.
+
+    Like losing the driver's machine. Ray's head processes share the driver's fate and its
+    workers follow within seconds; stragglers after ``grace_s`` are killed. Returns their
+    command lines.
     """
     proc.kill()
     proc.wait(timeout=60)
-    time.sleep(5)  # Ray's head processes share the driver's fate; give them a moment
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_sid(pid) == proc.pid for pid in _pids()):
+        time.sleep(0.5)
     left = {pid: _cmdline(pid) for pid in _pids() if _sid(pid) == proc.pid}
     for pid in left:
         try:
@@ -347,7 +355,7 @@ def kill_session(proc: subprocess.Popen) -> list[str]:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
     except OSError:
         return "?"
 
@@ -417,8 +425,10 @@ class Scenario:
 def scenario(tmp_path_factory) -> Scenario:
     """Run the crashy study: SIGTERM after trial 1, --resume, SIGKILL after trial 2, --resume to the end.
 
+    SIGTERM comes once Tune has processed the first trial's end (its console line); SIGKILL
+    comes as soon as MLflow marks the second trial completed, before Tune may have saved that.
     The last resume sets the stand-in trial's failure switch, so the third trial fails with a
-    non-finite loss (a trial already trained is answered from MLflow and never calls the switch).
+    non-finite loss (a trial already trained is answered from MLflow and never reaches it).
     """
     cwd = tmp_path_factory.mktemp("crashy")
     (cwd / "space.yaml").write_text(STUDY_SPACE)
@@ -427,7 +437,8 @@ def scenario(tmp_path_factory) -> Scenario:
     resume = ["--resume", "--name", STUDY]
 
     first = start_study(cwd, cwd / "a.log", *new)
-    completed_a = wait_completed(first, cwd, cwd / "a.log", 1)
+    wait_for(lambda: first.poll() is None and tune_completed(cwd / "a.log"), "Tune to finish trial 1", STUDY_TIMEOUT_S)
+    completed_a = completed_trials(cwd)
     sigterm_at = time.time()
     first.send_signal(signal.SIGTERM)
     first.wait(timeout=STUDY_TIMEOUT_S)
@@ -462,8 +473,8 @@ def test_sigterm_stops_the_study_cleanly_and_prints_the_resume_command(scenario)
 
 
 def test_after_sigterm_and_sigkill_the_study_reaches_the_requested_trials(scenario):
-    assert scenario.orphans == [], scenario.orphans  # Ray's processes died with the killed driver
     assert scenario.final_code == 0, scenario.final_output[-3000:]
+    assert "Trials of study crashy (3/3" in scenario.final_output and "incomplete" not in scenario.final_output
     state = scenario.final
     assert len(state["parents"]) == 1 and state["parents"][0].info.status == "FINISHED"
     children = state["children"]
@@ -476,14 +487,17 @@ def test_after_sigterm_and_sigkill_the_study_reaches_the_requested_trials(scenar
 
 
 def test_finished_trials_are_not_trained_again(scenario):
-    client = scenario.final["client"]
-    for trial_id, deadline in [*((t, scenario.sigterm_at) for t in scenario.completed_before_sigterm),
-                               *((t, scenario.sigkill_at) for t in scenario.completed_before_sigkill)]:
+    client, experiment = scenario.final["client"], scenario.cwd / "ray_results" / STUDY
+    assert scenario.completed_before_sigterm and set(scenario.completed_before_sigterm) < set(scenario.completed_before_sigkill)
+    for trial_id in scenario.completed_before_sigkill:
+        killed_at = scenario.sigterm_at if trial_id in scenario.completed_before_sigterm else scenario.sigkill_at
         run = scenario.final["children"][trial_id][0]
         assert run.info.status == "FINISHED"
         history = client.get_metric_history(run.info.run_id, "map100/multilingual")
-        assert [m.step for m in history] == [1, 2]
-        assert max(m.timestamp for m in history) / 1000 < deadline
+        assert [m.step for m in history] == [1, 2] and max(m.timestamp for m in history) / 1000 < killed_at
+        # no trainer was built for it again: its Ray Train run folder was last written before the kill
+        written = [p.stat().st_mtime for p in (experiment / "train_runs" / f"trial_{trial_id}").rglob("*")]
+        assert written and max(written) < killed_at
     for trial_id in scenario.completed_before_sigterm:  # Tune saved its end on SIGTERM: never started again
         assert f"Trial trial_{trial_id} started" not in scenario.resumed_outputs
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ def build_optimizer(model: torch.nn.Module, config: TrialConfig, total_steps: in
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr, betas=(0.9, 0.98), eps=1e-6,
+        fused=True,  # one kernel for all parameters: -10% step time on CPU (benchmarks/step.py)
     )
     warmup = min(config.warmup_steps, max(total_steps // 2, 1))
 
@@ -226,7 +228,7 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
     loss_fn = make_clip_loss(session.rank, session.world_size)
 
     # --- resume: a restarted worker group continues after the last finished epoch
-    saved = session.latest_state()
+    saved = _latest_state(session)
     if saved is not None:
         restore(state, saved)
     run = TrialRun(tracking if session.rank == 0 else None, config)
@@ -251,6 +253,27 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
         raise
     run.finish("FINISHED")
     return reports
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """The checkpoint to resume from holds pickled objects; it is refused, never unpickled."""
+
+
+def _latest_state(session: Session) -> Optional[dict[str, Any]]:
+    """``session.latest_state()``, with torch's many-line refusal of a pickled object made one line."""
+    import pickle
+
+    try:
+        return session.latest_state()
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise UnsafeCheckpointError(
+            f"refusing the checkpoint to resume from: it holds a pickled object{what}, not only tensors "
+            "and plain data (loaded with torch.load(weights_only=True), so nothing in it ran)"
+        ) from None
 
 
 def _report_again(saved: dict[str, Any], session: Session, run) -> dict[str, float]:
