@@ -258,9 +258,25 @@ def base_config(space: SearchSpace, args: argparse.Namespace) -> dict:
         raise StudyError(f"{', '.join(clash)} searched by space {space.name!r}; it cannot also be fixed on the command line")
     base.update({k: v for k, v in overrides.items() if k not in searched})
     base = absolute_data_paths(base)
+    if not args.address:  # on a cluster the data lives on the workers' file system, not here
+        check_data_paths_exist(base)
     for key in searched:
         base.pop(key, None)
     return base
+
+
+def check_data_paths_exist(base: dict) -> None:
+    """Fail before Ray starts when a local data path does not exist (else every trial fails on it)."""
+    import glob
+
+    for key in ("eval_data", "images_dir"):
+        value = base.get(key)
+        if isinstance(value, str) and value != "synthetic" and "://" not in value and not os.path.exists(value):
+            raise StudyError(f"--{key.replace('_', '-')} {value}: no such file or folder")
+    train = base.get("train_data")
+    if isinstance(train, str) and train != "synthetic" and "://" not in train and not os.path.exists(train):
+        if not ({"*", "?", "[", "{", "::"} & set(train) or "::" in train) or not glob.glob(train.split("{")[0] + "*"):
+            raise StudyError(f"--train-data {train}: no such file, folder or shard pattern")
 
 
 def check_fixed_settings(space: SearchSpace, base: dict) -> None:

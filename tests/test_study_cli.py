@@ -145,6 +145,7 @@ def test_base_config_layers_defaults_space_and_flags(here):
         ["--epochs", "2", "--seed", "7", "--set", "lr=1e-3", "--eval-data", "xtd", "--workers-per-trial", "2"]
     )
     space = study_run.load_space("ratio_only")
+    (here / "xtd").mkdir()
     base = study_run.base_config(space, args)
     assert "ratio" not in base  # searched: Tune supplies it
     assert base["epochs"] == 2 and base["seed"] == 7 and base["lr"] == pytest.approx(1e-3) and base["num_workers"] == 2
@@ -282,3 +283,18 @@ def test_study_state_round_trips(tmp_path):
     assert load_state(str(tmp_path), "other") is None
     assert "--resume --name s" in study_run.resume_command(state)
     assert not math.isnan(again.num_trials)
+
+
+def test_missing_local_eval_data_fails_before_anything_starts(tmp_path):
+    """A local --eval-data that does not exist is one error line (exit 2), not N failed trials."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "study.run", "--space", "smoke", "--eval-data", str(tmp_path / "nope"),
+         "--storage-path", str(tmp_path / "st"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--dry-run"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"--eval-data {tmp_path / 'nope'}: no such file or folder" in proc.stderr
+    assert not (tmp_path / "st").exists()

@@ -233,3 +233,16 @@ def test_real_xtd10_missing_val_folder(real_xtd, tmp_path):
     data = load_xtd(real_xtd, tmp_path / "coco", allow_missing_images=True, image_size=8)
     assert len(data) == 800 and data.skipped["missing_images"] == 200
     assert all(name.startswith("COCO_train2014_") for name in data.names)
+
+
+def test_image_name_that_is_a_path_is_refused(tmp_path):
+    """A names file must not lead the loader outside the images folder."""
+    from trainables.data import DataError
+    from trainables.data.xtd import load_xtd
+    from trainables.languages import XTD_FILE_CODES
+
+    (tmp_path / "test_image_names.txt").write_text("a.png\n../secret.png\n")
+    for code in XTD_FILE_CODES.values():
+        (tmp_path / f"test_1kcaptions_{code}.txt").write_text("x\ny\n")
+    with pytest.raises(DataError, match=r"line 2: image name '\.\./secret\.png' is a path"):
+        load_xtd(tmp_path)

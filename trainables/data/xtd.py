@@ -67,6 +67,11 @@ def _read_names(folder: Path) -> list[str]:
     dupes = [name for name, count in Counter(names).items() if count > 1]
     if dupes:
         raise DataError(f"{NAMES_FILE} lists {len(dupes)} image name(s) twice, e.g. {', '.join(dupes[:3])}: {path}")
+    # An image name is a file name, never a path: the loader must not be led outside the images folder.
+    unsafe = [name for name in names if "/" in name or "\\" in name or name in (".", "..")]
+    if unsafe:
+        raise DataError(f"{NAMES_FILE} line {names.index(unsafe[0]) + 1}: image name {unsafe[0]!r} is a path, "
+                        f"not a file name (names must not lead outside the images folder): {path}")
     return names
 
 
