@@ -24,3 +24,12 @@ def tiny_config(data_cache):
         ratio=0.5, batch_size=32, epochs=2, synthetic_train_size=256, synthetic_test_size=64,
         data_cache=data_cache, warmup_steps=2, eval_k=10,
     )
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch):
+    """Run in an empty folder with no inherited tracking URI or Ray address."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return tmp_path

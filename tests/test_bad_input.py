@@ -49,13 +49,6 @@ SOURCES = [p for d in ("trainables", "study", "search_spaces", "benchmarks") for
 ONE_FIELD = "params: {temperature: {type: loguniform, low: 0.03, high: 0.2}}\n"
 
 
-@pytest.fixture
-def here(tmp_path, monkeypatch):
-    """An empty working folder with no inherited tracking URI or Ray address."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return tmp_path
 
 
 def refused(capsys, argv: list[str]) -> str:

@@ -32,13 +32,6 @@ from study.trial import failure_reason, order_metrics
 from trainables.languages import FAMILIES
 
 
-@pytest.fixture
-def here(tmp_path, monkeypatch):
-    """Run in an empty folder with no inherited tracking URI or Ray address."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return tmp_path
 
 
 def _fails(capsys, argv: list[str], match: str) -> str:
