@@ -267,16 +267,25 @@ def base_config(space: SearchSpace, args: argparse.Namespace) -> dict:
 
 def check_data_paths_exist(base: dict) -> None:
     """Fail before Ray starts when a local data path does not exist (else every trial fails on it)."""
-    import glob
+    from trainables.config import ConfigError
+    from trainables.data import DataError
+    from trainables.data.shards import expand_shards
+    from trainables.data.sources import train_data_kind
 
     for key in ("eval_data", "images_dir"):
         value = base.get(key)
         if isinstance(value, str) and value != "synthetic" and "://" not in value and not os.path.exists(value):
             raise StudyError(f"--{key.replace('_', '-')} {value}: no such file or folder")
     train = base.get("train_data")
-    if isinstance(train, str) and train != "synthetic" and "://" not in train and not os.path.exists(train):
-        if not ({"*", "?", "[", "{", "::"} & set(train) or "::" in train) or not glob.glob(train.split("{")[0] + "*"):
+    if not isinstance(train, str) or train == "synthetic" or "://" in train:
+        return
+    try:
+        if train_data_kind(train) == "shards":
+            expand_shards(train)  # the same expansion the trial will do: patterns, folders, lists
+        elif not os.path.exists(train):
             raise StudyError(f"--train-data {train}: no such file, folder or shard pattern")
+    except (ConfigError, DataError) as err:
+        raise StudyError(f"--train-data {train}: {err}") from None
 
 
 def check_fixed_settings(space: SearchSpace, base: dict) -> None:

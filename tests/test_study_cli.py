@@ -291,3 +291,20 @@ def test_missing_local_eval_data_fails_before_anything_starts(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert f"--eval-data {tmp_path / 'nope'}: no such file or folder" in proc.stderr
     assert not (tmp_path / "st").exists()
+
+
+def test_missing_local_shards_fail_before_anything_starts(tmp_path):
+    """--train-data shards are expanded as the trial would expand them; no match is one error line."""
+    import subprocess
+    import sys
+
+    pattern = str(tmp_path / "shards" / "train-{0000..0003}.tar")
+    proc = subprocess.run(
+        [sys.executable, "-m", "study.run", "--space", "smoke", "--train-data", pattern,
+         "--eval-data", str(tmp_path), "--storage-path", str(tmp_path / "st"),
+         "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--dry-run"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"--train-data {pattern}: shard not found: {tmp_path / 'shards' / 'train-0000.tar'}" in proc.stderr
+    assert not (tmp_path / "st").exists()

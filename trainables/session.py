@@ -10,6 +10,7 @@ same loop runs in tests and under a profiler without Ray.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,29 @@ def save_state(state: dict[str, Any], directory: Path) -> Path:
     return directory / STATE_FILE
 
 
+class UnsafeCheckpointError(RuntimeError):
+    """The checkpoint holds pickled objects; it is refused, never unpickled."""
+
+
 def load_state(directory: Path | str) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_state`. ``weights_only=True``: no pickled code runs."""
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    """Read a checkpoint written by :func:`save_state`. ``weights_only=True``: no pickled code runs.
+
+    A checkpoint holding any pickled object raises :class:`UnsafeCheckpointError` with one
+    line (torch's own refusal spans many).
+    """
+    import pickle
+
+    try:
+        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise UnsafeCheckpointError(
+            f"refusing the checkpoint to resume from: it holds a pickled object{what}, not only tensors "
+            "and plain data (loaded with torch.load(weights_only=True), so nothing in it ran)"
+        ) from None
 
 
 def pick_device(use_gpu: bool, local_rank: int = 0) -> torch.device:

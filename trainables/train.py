@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import torch
 
 from trainables.batches import TokenizedTrainSet, tokenize_set
 from trainables.config import TrialConfig
-from trainables.session import Session
+from trainables.session import Session, UnsafeCheckpointError  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +227,7 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
     loss_fn = make_clip_loss(session.rank, session.world_size)
 
     # --- resume: a restarted worker group continues after the last finished epoch
-    saved = _latest_state(session)
+    saved = session.latest_state()
     if saved is not None:
         restore(state, saved)
     run = TrialRun(tracking if session.rank == 0 else None, config)
@@ -253,27 +252,6 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
         raise
     run.finish("FINISHED")
     return reports
-
-
-class UnsafeCheckpointError(RuntimeError):
-    """The checkpoint to resume from holds pickled objects; it is refused, never unpickled."""
-
-
-def _latest_state(session: Session) -> Optional[dict[str, Any]]:
-    """``session.latest_state()``, with torch's many-line refusal of a pickled object made one line."""
-    import pickle
-
-    try:
-        return session.latest_state()
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
-            raise
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        what = f" ({found.group(1)})" if found else ""
-        raise UnsafeCheckpointError(
-            f"refusing the checkpoint to resume from: it holds a pickled object{what}, not only tensors "
-            "and plain data (loaded with torch.load(weights_only=True), so nothing in it ran)"
-        ) from None
 
 
 def _report_again(saved: dict[str, Any], session: Session, run) -> dict[str, float]:
