@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sqlite3
 import time
 
 import numpy as np
@@ -22,6 +23,7 @@ from trainables.tracking import (
     client_for,
     find_trial_run,
     mlflow_metric_key,
+    prepare_store,
     resolve_tracking_uri,
 )
 
@@ -75,6 +77,78 @@ def test_an_unreachable_server_fails_fast():
 
 
 # --- metrics --------------------------------------------------------------------
+def _tables(db) -> set[str]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        return {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
+
+
+def test_a_new_sqlite_store_appears_only_once_it_is_built(tmp_path, monkeypatch):
+    """Regression: a reader opening a half-migrated database broke the study's own migration."""
+    import trainables.tracking as tracking
+
+    db = tmp_path / "mlflow.db"
+    seen_while_building = []
+    build = tracking._build_sqlite_schema
+
+    def watched(uri):
+        build(uri)
+        seen_while_building.append(db.exists())  # built elsewhere: the store is still absent here
+
+    monkeypatch.setattr(tracking, "_build_sqlite_schema", watched)
+    prepare_store(f"sqlite:///{db}")
+    assert seen_while_building == [False]
+    assert {"alembic_version", "experiments", "runs", "tags"} <= _tables(db)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]  # no private copy left behind
+
+    made = db.stat().st_mtime_ns
+    prepare_store(f"sqlite:///{db}")  # an existing store is left alone
+    assert seen_while_building == [False] and db.stat().st_mtime_ns == made
+
+
+def test_a_store_made_meanwhile_by_another_process_is_kept(tmp_path, monkeypatch):
+    import trainables.tracking as tracking
+
+    db = tmp_path / "mlflow.db"
+    build = tracking._build_sqlite_schema
+
+    def racing(uri):
+        build(uri)
+        with sqlite3.connect(db) as con:  # another process wins the race with its own database
+            con.execute("create table theirs (x)")
+
+    monkeypatch.setattr(tracking, "_build_sqlite_schema", racing)
+    prepare_store(f"sqlite:///{db}")
+    assert _tables(db) == {"theirs"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
+
+
+RACE = """
+import sys, time
+from trainables.tracking import client_for
+db, start = sys.argv[1], float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.005)
+print(len(client_for(f"sqlite:///{db}").search_experiments()))
+"""
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    """Three processes open one missing database at the same instant (MLflow alone: two fail)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "mlflow.db"
+    start = str(time.time() + 6)  # after every interpreter has imported mlflow
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RACE, str(db), start], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for proc, (out, err) in zip(procs, outs):
+        assert proc.returncode == 0 and out.strip() == "1", err[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
+
+
 def test_metric_names_are_valid_for_mlflow():
     assert mlflow_metric_key("map@100/multilingual") == "map100/multilingual"
     assert mlflow_metric_key("a//b/") == "a/b"

@@ -129,6 +129,45 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
         raise TrackingError(f"MLflow tracking URI {uri} is unusable: {_one_line(err)}") from None
 
 
+def prepare_store(uri: str) -> None:
+    """Create a missing sqlite tracking database whole, so nobody sees it half-built.
+
+    MLflow builds a new sqlite store by running its schema migrations in place. A second
+    process that opens the file meanwhile (``mlflow ui``, a script polling the study, a Ray
+    worker) runs the same migrations at the same time, and one of them fails with
+    ``table _alembic_tmp_... already exists``, leaving a broken database. Here the schema is
+    built under a private name in the same folder and hard-linked into place only when
+    complete; if another process got there first, its database is kept. Other stores, and a
+    database that already exists, are left alone.
+    """
+    db = sqlite_path(uri)
+    if db is None or db.exists():
+        return
+    tmp = db.with_name(f".{db.name}.building-{os.getpid()}")
+    try:
+        _build_sqlite_schema(f"sqlite:///{tmp}")
+        try:
+            os.link(tmp, db)  # atomic, and never replaces a database another process made
+        except FileExistsError:
+            pass
+    except Exception as err:  # noqa: BLE001 - say why in one line
+        raise TrackingError(f"MLflow tracking URI {uri}: cannot create the database: {_one_line(err)}") from None
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            leftover.unlink(missing_ok=True)
+
+
+def _build_sqlite_schema(uri: str) -> None:
+    """Run MLflow's own store initialisation (schema migrations, default experiment) on ``uri``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    client.search_experiments(max_results=1)
+    engine = getattr(getattr(client._tracking_client, "store", None), "engine", None)
+    if engine is not None:
+        engine.dispose()  # close the pooled connections to the private file before it is unlinked
+
+
 def _one_line(err: BaseException, limit: int = 300) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -177,9 +216,14 @@ def config_params(config: Any) -> dict[str, str]:
 # Child runs
 # ---------------------------------------------------------------------------
 def client_for(uri: str):
-    """An MlflowClient bound to ``uri`` (never the process-global tracking URI)."""
+    """An MlflowClient bound to ``uri`` (never the process-global tracking URI).
+
+    MLflow opens the store as the client is made; a missing sqlite database is first built
+    aside and linked into place (:func:`prepare_store`).
+    """
     from mlflow import MlflowClient
 
+    prepare_store(uri)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -300,6 +344,7 @@ __all__ = [
     "TrackingError",
     "resolve_tracking_uri",
     "check_tracking_uri",
+    "prepare_store",
     "clean_metrics",
     "mlflow_metric_key",
     "find_trial_run",
