@@ -95,3 +95,11 @@ def test_scaling_tiny(tmp_path):
 
     out = scaling.main(["--tiny", "--json", str(tmp_path / "scaling.json")])
     assert out["settings"][0]["throughput"] > 0
+
+
+def test_stream_tiny(tmp_path):
+    from benchmarks import stream
+
+    out = stream.main(["--tiny", "--json", str(tmp_path / "stream.json")])
+    assert [r["variant"] for r in out["variants"]][0] == "memory, synthetic" and len(out["variants"]) == 4
+    assert all(r["steps"] == 4 and r["samples_per_s"] > 0 for r in out["variants"])  # 128 images, batch 32

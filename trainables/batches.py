@@ -8,7 +8,7 @@ every caption is tokenised once per trial. A batch is then two gathers:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -32,6 +32,13 @@ class TokenizedTrainSet:
     def batch(self, indices: torch.Tensor, lang_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images [b, 3, H, W] and int64 tokens [b, C] for (sample, language) pairs."""
         return self.images[indices], self.tokens[indices, lang_ids].long()
+
+    def epoch_batches(self, composer, epoch: int, start_step: int = 0
+                      ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """``(step, images, tokens)`` of this rank for the steps of ``epoch`` planned by a BatchComposer."""
+        for step, indices, lang_ids in composer.local_batches(epoch, start_step=start_step):
+            images, tokens = self.batch(indices, lang_ids)
+            yield step, images, tokens
 
 
 def tokenize_set(data, tokenize: Callable[[list[str]], torch.Tensor], languages: Sequence[str] = LANGUAGES,

@@ -25,6 +25,7 @@ LANGUAGE_WEIGHTINGS = ("uniform", "size")
 MISSING_CAPTION_POLICIES = ("redraw", "error")
 PRECISIONS = ("auto", "fp32", "bf16")
 UNREADABLE_IMAGE_POLICIES = ("skip", "error")
+TRAIN_LOADINGS = ("memory", "stream")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class TrialConfig:
     Data:
         train_data: ``synthetic``, a JSONL manifest, or WebDataset shards (glob/brace).
         eval_data: ``synthetic`` or an XTD-layout folder.
+        train_loading: ``memory`` (decoded into RAM) or ``stream`` (shards read per rank).
     """
 
     # --- composition -------------------------------------------------------
@@ -88,7 +90,10 @@ class TrialConfig:
     synthetic_test_size: int = 1000
     image_size: int = 32
     data_seed: int = 0
-    loader_workers: int = 0
+    loader_workers: int = 0  # DataLoader processes decoding a streamed train split
+    # "memory": the train split decoded into RAM, epochs planned globally (trainables.composer);
+    # "stream": WebDataset shards read as a stream per rank, composed per step (trainables.stream)
+    train_loading: str = "memory"
     # --- real-scale model ---------------------------------------------------
     # HF text tower (a local HF model folder with config + tokenizer, or a hub name) on the
     # vision tower and embed_dim of ``model``, built as open_clip's CustomTextCLIP. The text
@@ -126,6 +131,12 @@ class TrialConfig:
         _choice(self, "missing_caption_policy", MISSING_CAPTION_POLICIES)
         _choice(self, "precision", PRECISIONS)
         _choice(self, "unreadable_image_policy", UNREADABLE_IMAGE_POLICIES)
+        _choice(self, "train_loading", TRAIN_LOADINGS)
+        if self.train_loading == "stream":
+            if self.train_data == "synthetic" or str(self.train_data).endswith(".jsonl"):
+                bad("train_loading", "streaming reads WebDataset shards; train_data is not a shard spec")
+            if self.language_weighting != "uniform":
+                bad("language_weighting", "a streamed split has no caption counts before it is read; use uniform")
         if not self.train_languages:
             bad("train_languages", "at least one training language is needed")
         for name in ("batch_size", "epochs", "num_workers", "eval_k", "eval_every", "image_size",

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from trainables.batches import TokenizedTrainSet, tokenize_set
+from trainables.batches import TokenizedTrainSet, tokenize_set  # noqa: F401 - TokenizedTrainSet re-exported
 from trainables.config import TrialConfig
 from trainables.session import Session, UnsafeCheckpointError  # noqa: F401 - re-exported
 
@@ -48,12 +48,22 @@ class TrialState:
 # ---------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------
-def load_datasets(config: TrialConfig, tokenize) -> tuple[TokenizedTrainSet, Any]:
-    """Train set (tokenised, in memory) and the XTD-format evaluation set for ``config``."""
-    from trainables.data.sources import load_train_set
+def load_datasets(config: TrialConfig, tokenize, rank: int = 0, world_size: int = 1) -> tuple[Any, Any]:
+    """Train set and the XTD-format evaluation set for ``config``.
+
+    The train set is a :class:`TokenizedTrainSet` (decoded and tokenised in memory), or with
+    ``train_loading="stream"`` a :class:`~trainables.stream.StreamTrainSet` of this rank.
+    """
+    from trainables.data.sources import check_eval_data, load_train_set
     from trainables.data.xtd import load_xtd
 
-    train_raw, default_eval_dir = load_train_set(config)
+    if config.train_loading == "stream":
+        from trainables.stream import StreamTrainSet
+
+        train, default_eval_dir = StreamTrainSet(config, tokenize, rank, world_size), check_eval_data(config)
+    else:
+        train_raw, default_eval_dir = load_train_set(config)
+        train = tokenize_set(train_raw, tokenize)
     eval_dir = default_eval_dir if config.eval_data == "synthetic" else config.eval_data
     eval_set = load_xtd(
         eval_dir,
@@ -62,7 +72,18 @@ def load_datasets(config: TrialConfig, tokenize) -> tuple[TokenizedTrainSet, Any
         unreadable_policy=config.unreadable_image_policy,
         image_size=config.image_size,
     )
-    return tokenize_set(train_raw, tokenize), eval_set
+    return train, eval_set
+
+
+def make_composer(config: TrialConfig, data: Any, rank: int, world_size: int) -> Any:
+    """The composer that matches ``data``: planned epochs in memory, per-step draws for a stream."""
+    from trainables.composer import BatchComposer
+    from trainables.languages import LANGUAGES
+    from trainables.stream import StreamComposer, StreamTrainSet
+
+    if isinstance(data, StreamTrainSet):
+        return StreamComposer.from_config(config, LANGUAGES, rank, world_size, data.nominal_steps)
+    return BatchComposer.from_config(config, data.available, data.languages, rank, world_size)
 
 
 # ---------------------------------------------------------------------------
@@ -94,9 +115,13 @@ def build_optimizer(model: torch.nn.Module, config: TrialConfig, total_steps: in
 # ---------------------------------------------------------------------------
 # one epoch
 # ---------------------------------------------------------------------------
-def train_one_epoch(state: TrialState, data: TokenizedTrainSet, loss_fn, transform, config: TrialConfig,
+def train_one_epoch(state: TrialState, data: Any, loss_fn, transform, config: TrialConfig,
                     session: Session, start_step: int = 0) -> dict[str, float]:
     """Run this rank's share of every global step of ``state.epoch``; returns ``train/*`` metrics.
+
+    ``data`` is a :class:`TokenizedTrainSet` or a :class:`~trainables.stream.StreamTrainSet`:
+    its ``epoch_batches(composer, epoch)`` yields ``(step, uint8 images [b, 3, H, W], int64
+    tokens [b, C])``; ``start_step`` applies to the in-memory set only (a stream starts epochs at 0).
 
     The loss is accumulated on the device and read back only every ``check_every``
     steps, so a GPU never waits on the host each step; a non-finite loss is caught
@@ -107,8 +132,9 @@ def train_one_epoch(state: TrialState, data: TokenizedTrainSet, loss_fn, transfo
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if _use_bf16(config, device) else nullcontext())
     loss_sum = torch.zeros((), device=device)
     steps, check_every, t0 = 0, 25, time.perf_counter()
-    for step, indices, lang_ids in state.composer.local_batches(state.epoch, start_step=start_step):
-        images, tokens = data.batch(indices, lang_ids)
+    batches = (data.epoch_batches(state.composer, state.epoch, start_step) if start_step
+               else data.epoch_batches(state.composer, state.epoch))
+    for step, images, tokens in batches:
         images = transform(images.to(device, non_blocking=True))
         tokens = tokens.to(device, non_blocking=True)
         with autocast:
@@ -206,7 +232,6 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
     Inputs: a validated ``config``; a ``session`` (rank, world size, device,
     report/resume); optional MLflow ``tracking`` info, used by rank 0 only.
     """
-    from trainables.composer import BatchComposer
     from trainables.loss import make_clip_loss
     from trainables.model import build_model
     from trainables.tracking import TrialRun
@@ -215,9 +240,9 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
     torch.manual_seed(config.seed)
     bundle = build_model(config, device=session.device)
 
-    # --- data: tokenised once; the composer decides (sample, language) per step
-    data, eval_set = load_datasets(config, bundle.tokenize)
-    composer = BatchComposer.from_config(config, data.available, data.languages, session.rank, session.world_size)
+    # --- data: tokenised once (or streamed per rank); the composer decides (sample, language) per step
+    data, eval_set = load_datasets(config, bundle.tokenize, session.rank, session.world_size)
+    composer = make_composer(config, data, session.rank, session.world_size)
     steps_per_epoch = composer.num_steps(0)
 
     # --- model and optimiser (DDP wrapping happens only with several workers)

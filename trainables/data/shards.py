@@ -21,15 +21,15 @@ Three readers:
   so a DDP loop over a stream must agree on its step count.
 * :func:`load_shards` - materialises all shards into an in-memory
   :class:`~trainables.data.types.ImageCaptionSet` at ``image_size``; this is what the
-  trainer uses (:func:`trainables.data.sources.load_train_set`).
+  trainer uses by default (:func:`trainables.data.sources.load_train_set`); with
+  ``train_loading="stream"`` it reads a :class:`ShardStream` instead (:mod:`trainables.stream`).
 
 Memory of the in-memory trainer: the decoded train split is held in RAM as uint8
 ``[N, 3, S, S]``, i.e. ``3 * S * S`` bytes per image - 3 KiB at S=32, 147 KiB at
 S=224, so 100k images take about 14 GiB at 224 px - and every Ray Train worker
 process holds its own copy (4 workers on one node hold 4 copies). Tokens add
 ``4 * languages * context_length`` bytes per image (3.4 KiB for 11 languages x 77).
-Larger corpora need a smaller ``image_size`` or a streaming loop over
-:class:`ShardStream`.
+Larger corpora need a smaller ``image_size`` or ``train_loading="stream"``.
 
 Bad input: a shard that is not a readable tar (corrupt, truncated, not a tar) is one
 :class:`~trainables.data.types.DataError` naming the shard - not a silent skip, since

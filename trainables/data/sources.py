@@ -11,7 +11,8 @@
 
 Every image is decoded and resized to ``config.image_size`` and the whole split is held
 in RAM by each training worker (``3 * image_size**2`` bytes per image; see
-:mod:`trainables.data.shards` for sizes). Paths are read on the training workers, so on a
+:mod:`trainables.data.shards` for sizes); shards can be streamed instead
+(``train_loading="stream"``, :mod:`trainables.stream`). Paths are read on the training workers, so on a
 cluster they must be visible there (a shared file system, or baked into the image).
 For real data the evaluation folder is ``config.eval_data`` (an XTD-layout folder).
 """
@@ -43,6 +44,16 @@ def train_data_kind(train_data: str) -> str:
     )
 
 
+def check_eval_data(config: TrialConfig) -> Path:
+    """The evaluation folder of a trial on real training data; ConfigError for ``eval_data='synthetic'``."""
+    if config.eval_data == SYNTHETIC:
+        raise ConfigError(
+            f"eval_data='synthetic' only goes with train_data='synthetic'; with train_data={config.train_data!r} "
+            "give eval_data as an XTD-layout folder (e.g. the one `python -m study.data xtd10 --dest DIR` makes)"
+        )
+    return Path(config.eval_data)
+
+
 def load_train_set(config: TrialConfig) -> tuple[ImageCaptionSet, Path]:
     """The training split of ``config`` in memory, and the default evaluation folder (XTD layout).
 
@@ -56,11 +67,7 @@ def load_train_set(config: TrialConfig) -> tuple[ImageCaptionSet, Path]:
         from trainables.data.synthetic import load_synthetic
 
         return load_synthetic(config)
-    if config.eval_data == SYNTHETIC:
-        raise ConfigError(
-            f"eval_data='synthetic' only goes with train_data='synthetic'; with train_data={config.train_data!r} "
-            "give eval_data as an XTD-layout folder (e.g. the one `python -m study.data xtd10 --dest DIR` makes)"
-        )
+    check_eval_data(config)
     if kind == "manifest":
         from trainables.data.corpora import read_manifest
 
@@ -74,4 +81,4 @@ def load_train_set(config: TrialConfig) -> tuple[ImageCaptionSet, Path]:
     return data, Path(config.eval_data)
 
 
-__all__ = ["load_train_set", "train_data_kind"]
+__all__ = ["check_eval_data", "load_train_set", "train_data_kind"]
