@@ -17,7 +17,6 @@ Printed: training samples/s (the epoch's own timer), epoch seconds, and the whol
 from __future__ import annotations
 
 import argparse
-import io
 import tempfile
 import time
 from pathlib import Path
@@ -41,28 +40,16 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return args
 
 
-def write_shards(train: Any, dest: Path, per_shard: int) -> Path:
-    """The in-memory split ``train`` (uint8 images, captions) as PNG shards in ``dest``."""
-    from PIL import Image
-
-    from trainables.data.shards import ShardWriter
-
-    with ShardWriter(dest, per_shard=per_shard, prefix="train") as writer:
-        for i, (image, captions) in enumerate(zip(train.images, train.captions)):
-            buf = io.BytesIO()
-            Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, format="PNG")
-            writer.add(f"{i:06d}", buf.getvalue(), "png", captions)
-    return dest
-
-
 def variants(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from trainables.config import TrialConfig
+    from trainables.data.shards import write_image_set
     from trainables.data.synthetic import load_synthetic
 
     base = TrialConfig(epochs=1, synthetic_train_size=args.train_size, synthetic_test_size=100, eval_k=10,
                        batch_size=args.batch_size, data_cache=str(work / "cache"))
     train, test_dir = load_synthetic(base)
-    shards = write_shards(train, work / "shards", args.per_shard)
+    write_image_set(train, work / "shards", per_shard=args.per_shard)
+    shards = work / "shards"
     real = dict(train_data=str(shards), eval_data=str(test_dir))
     return {
         "memory, synthetic": base,

@@ -38,17 +38,9 @@ def here(tmp_path, monkeypatch):
 @pytest.fixture
 def synthetic_shards(tiny_config, tmp_path):
     """tiny_config's synthetic train split as WebDataset shards of 96 samples (3 shards), and its XTD test folder."""
-    import io
-
-    from PIL import Image
-
-    from trainables.data.shards import ShardWriter
+    from trainables.data.shards import write_image_set
     from trainables.data.synthetic import load_synthetic
 
     train, test_dir = load_synthetic(tiny_config)
-    with ShardWriter(tmp_path / "shards", per_shard=96, prefix="train") as writer:
-        for i, (image, captions) in enumerate(zip(train.images, train.captions)):
-            buf = io.BytesIO()
-            Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, format="PNG")
-            writer.add(f"{i:05d}", buf.getvalue(), "png", captions)
+    write_image_set(train, tmp_path / "shards", per_shard=96)
     return tmp_path / "shards", test_dir

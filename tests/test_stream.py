@@ -6,7 +6,6 @@ and its caption in language L reads ``"L:i"``; the test tokenizer turns that cap
 """
 
 import io
-import os
 
 import pytest
 import torch
