@@ -216,6 +216,17 @@ def _rank_worker(rank: int, world: int, root: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+def test_collectives_use_the_gpu_under_nccl(monkeypatch):
+    """NCCL has no CPU tensors: the agreement and the counts must go through the current GPU."""
+    from trainables import stream
+
+    monkeypatch.setattr(dist, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert stream.collective_device() == torch.device("cuda", 3)
+    monkeypatch.setattr(dist, "get_backend", lambda *a: "gloo")
+    assert stream.collective_device() == torch.device("cpu")
+
+
 def test_two_ranks_with_uneven_splits_stop_together(tmp_path):
     # 3 shards over 2 ranks: one rank holds 2 shards (12 samples), the other 1 (6 samples)
     write_corpus(tmp_path / "shards", n=18, per_shard=6)

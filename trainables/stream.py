@@ -42,22 +42,34 @@ from trainables.config import TrialConfig
 SKIP_KEYS = ("missing_images", "unreadable_images", "no_train_caption", "stream_dropped")
 
 
+def _distributed(world_size: int) -> bool:
+    return world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def collective_device() -> torch.device:
+    """Where a small collective's tensor must live: the current GPU under NCCL (which has no
+    CPU tensors; Ray Train's backend on GPU workers), else the CPU (gloo)."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _all_min(flag: int, world_size: int) -> int:
     """The minimum of ``flag`` over all ranks (no-op on one rank or without a process group)."""
-    if world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not _distributed(world_size):
         return flag
-    value = torch.tensor([flag], dtype=torch.int64)
+    value = torch.tensor([flag], dtype=torch.int64, device=collective_device())
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
-    return int(value)
+    return int(value.item())
 
 
 def _all_sum(values: torch.Tensor, world_size: int) -> torch.Tensor:
-    """Element-wise sum of a float64 CPU tensor over all ranks."""
-    if world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    """Element-wise sum over all ranks of a float64 tensor; returned on the CPU."""
+    if not _distributed(world_size):
         return values
-    values = values.clone()
+    values = values.to(collective_device(), copy=True)
     torch.distributed.all_reduce(values)
-    return values
+    return values.cpu()
 
 
 class StreamComposer:
