@@ -33,10 +33,9 @@ class TokenizedTrainSet:
         """uint8 images [b, 3, H, W] and int64 tokens [b, C] for (sample, language) pairs."""
         return self.images[indices], self.tokens[indices, lang_ids].long()
 
-    def epoch_batches(self, composer, epoch: int, start_step: int = 0
-                      ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """``(step, images, tokens)`` of this rank for the steps of ``epoch`` planned by a BatchComposer."""
-        for step, indices, lang_ids in composer.local_batches(epoch, start_step=start_step):
+    def epoch_batches(self, composer, epoch: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """``(step, images, tokens)`` of this rank for every step of ``epoch`` planned by a BatchComposer."""
+        for step, indices, lang_ids in composer.local_batches(epoch, start_step=0):
             images, tokens = self.batch(indices, lang_ids)
             yield step, images, tokens
 

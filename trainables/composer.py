@@ -133,7 +133,7 @@ class BatchComposer:
     ) -> None:
         self.languages = _canonical_languages(languages, "languages")
         self.available = _check_available(available, len(self.languages))
-        self.train_languages = self._check_train_languages(train_languages)
+        self.train_languages = check_train_languages(self.languages, train_languages)
         self._check_scalars(ratio, mode, global_batch_size, rank, world_size, language_weighting,
                             missing_caption_policy, steps_per_epoch)
         self.ratio, self.mode, self.seed = float(ratio), mode, int(seed)
@@ -157,16 +157,6 @@ class BatchComposer:
             language_weighting=config.language_weighting, train_languages=config.train_languages,
             missing_caption_policy=config.missing_caption_policy, steps_per_epoch=config.steps_per_epoch,
         )
-
-    def _check_train_languages(self, train_languages: Optional[Sequence[str]]) -> tuple[str, ...]:
-        if train_languages is None:
-            return self.languages
-        train = _canonical_languages(train_languages, "train_languages")
-        outside = [lang for lang in train if lang not in self.languages]
-        if outside:
-            raise ComposerError(f"train_languages: {', '.join(outside)} not among the data's languages "
-                                f"({', '.join(self.languages)})")
-        return train
 
     @staticmethod
     def _check_scalars(ratio, mode, batch, rank, world, weighting, policy, steps) -> None:
@@ -372,6 +362,18 @@ def _canonical_languages(codes: Sequence[str], name: str) -> tuple[str, ...]:
     if not out:
         raise ComposerError(f"{name}: at least one language is needed")
     return out
+
+
+def check_train_languages(languages: tuple[str, ...], train_languages: Optional[Sequence[str]]) -> tuple[str, ...]:
+    """Canonical ``train_languages`` (default: all of ``languages``); each must be among ``languages``."""
+    if train_languages is None:
+        return languages
+    train = _canonical_languages(train_languages, "train_languages")
+    outside = [lang for lang in train if lang not in languages]
+    if outside:
+        raise ComposerError(f"train_languages: {', '.join(outside)} not among the data's languages "
+                            f"({', '.join(languages)})")
+    return train
 
 
 def _check_available(available: Any, num_languages: int) -> torch.Tensor:

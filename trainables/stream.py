@@ -36,7 +36,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
-from trainables.composer import ComposerError, MissingCaptionError, _canonical_languages, _seed_from
+from trainables.composer import (ComposerError, MissingCaptionError, _canonical_languages, _seed_from,
+                                  check_train_languages)
 from trainables.config import TrialConfig
 
 SKIP_KEYS = ("missing_images", "unreadable_images", "no_train_caption", "stream_dropped")
@@ -90,10 +91,7 @@ class StreamComposer:
         from trainables.composer import BatchComposer
 
         self.languages = _canonical_languages(languages, "languages")
-        train = self.languages if train_languages is None else _canonical_languages(train_languages, "train_languages")
-        outside = [lang for lang in train if lang not in self.languages]
-        if outside:
-            raise ComposerError(f"train_languages: {', '.join(outside)} not among {', '.join(self.languages)}")
+        train = check_train_languages(self.languages, train_languages)
         BatchComposer._check_scalars(ratio, mode, global_batch_size, rank, world_size, "uniform",
                                      missing_caption_policy, steps_per_epoch)
         self.train_languages = train
@@ -239,8 +237,8 @@ class StreamTrainSet:
         self.nominal_steps = config.steps_per_epoch or self.num_samples // config.batch_size
         self.skipped: dict[str, int] = dict.fromkeys(SKIP_KEYS, 0)
 
-    def _samples(self, epoch: int, passes: int) -> Iterator[dict]:
-        """Decoded usable samples of ``passes`` passes; skipped ones are counted in ``self._local``."""
+    def _samples(self, composer: StreamComposer, epoch: int, passes: int, skipped: Counter) -> Iterator[dict]:
+        """Decoded usable samples of ``passes`` passes; the others are counted in ``skipped``."""
         from torch.utils.data import DataLoader
 
         from trainables.data.types import DataError
@@ -254,9 +252,9 @@ class StreamTrainSet:
                 if item["skip"] is not None:
                     if item["skip"] == "unreadable_images" and self.config.unreadable_image_policy == "error":
                         raise DataError(f"sample {item['key']}: unreadable image")
-                    self._local[item["skip"]] += 1
-                elif redraw and not self._composer.has_train_caption(item["captions"]):
-                    self._local["no_train_caption"] += 1
+                    skipped[item["skip"]] += 1
+                elif redraw and not composer.has_train_caption(item["captions"]):
+                    skipped["no_train_caption"] += 1
                 else:
                     delivered += 1
                     yield item
@@ -265,10 +263,9 @@ class StreamTrainSet:
 
     def epoch_batches(self, composer: StreamComposer, epoch: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """This rank's local batches of ``epoch``, ending on every rank at the same step."""
-        local = composer.local_batch_size
-        self._composer, self._local = composer, Counter()
+        local, skipped = composer.local_batch_size, Counter()
         limit = self.config.steps_per_epoch
-        samples = self._samples(epoch, passes=10**9 if limit else 1)
+        samples = self._samples(composer, epoch, 10**9 if limit else 1, skipped)
         step, buffer = 0, []
         while limit is None or step < limit:
             for item in samples:
@@ -286,8 +283,8 @@ class StreamTrainSet:
         if limit is None:
             dropped += sum(1 for _ in samples)  # the rest of this rank's pass: read only to be counted
         samples.close()
-        self._local["stream_dropped"] += dropped
-        totals = _all_sum(torch.tensor([float(self._local[k]) for k in SKIP_KEYS], dtype=torch.float64),
+        skipped["stream_dropped"] += dropped
+        totals = _all_sum(torch.tensor([float(skipped[k]) for k in SKIP_KEYS], dtype=torch.float64),
                           self.world_size)
         self.skipped = {k: int(v) for k, v in zip(SKIP_KEYS, totals.tolist())}
 

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from trainables.batches import TokenizedTrainSet, tokenize_set  # noqa: F401 - TokenizedTrainSet re-exported
+from trainables.batches import tokenize_set
 from trainables.config import TrialConfig
 from trainables.session import Session, UnsafeCheckpointError  # noqa: F401 - re-exported
 
@@ -51,7 +51,7 @@ class TrialState:
 def load_datasets(config: TrialConfig, tokenize, rank: int = 0, world_size: int = 1) -> tuple[Any, Any]:
     """Train set and the XTD-format evaluation set for ``config``.
 
-    The train set is a :class:`TokenizedTrainSet` (decoded and tokenised in memory), or with
+    The train set is a :class:`~trainables.batches.TokenizedTrainSet` (decoded and tokenised in memory), or with
     ``train_loading="stream"`` a :class:`~trainables.stream.StreamTrainSet` of this rank.
     """
     from trainables.data.sources import check_eval_data, load_train_set
@@ -116,12 +116,12 @@ def build_optimizer(model: torch.nn.Module, config: TrialConfig, total_steps: in
 # one epoch
 # ---------------------------------------------------------------------------
 def train_one_epoch(state: TrialState, data: Any, loss_fn, transform, config: TrialConfig,
-                    session: Session, start_step: int = 0) -> dict[str, float]:
+                    session: Session) -> dict[str, float]:
     """Run this rank's share of every global step of ``state.epoch``; returns ``train/*`` metrics.
 
-    ``data`` is a :class:`TokenizedTrainSet` or a :class:`~trainables.stream.StreamTrainSet`:
-    its ``epoch_batches(composer, epoch)`` yields ``(step, uint8 images [b, 3, H, W], int64
-    tokens [b, C])``; ``start_step`` applies to the in-memory set only (a stream starts epochs at 0).
+    ``data`` is a :class:`~trainables.batches.TokenizedTrainSet` or a
+    :class:`~trainables.stream.StreamTrainSet`: its ``epoch_batches(composer, epoch)`` yields
+    ``(step, uint8 images [b, 3, H, W], int64 tokens [b, C])``.
 
     The loss is accumulated on the device and read back only every ``check_every``
     steps, so a GPU never waits on the host each step; a non-finite loss is caught
@@ -132,9 +132,7 @@ def train_one_epoch(state: TrialState, data: Any, loss_fn, transform, config: Tr
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if _use_bf16(config, device) else nullcontext())
     loss_sum = torch.zeros((), device=device)
     steps, check_every, t0 = 0, 25, time.perf_counter()
-    batches = (data.epoch_batches(state.composer, state.epoch, start_step) if start_step
-               else data.epoch_batches(state.composer, state.epoch))
-    for step, images, tokens in batches:
+    for step, images, tokens in data.epoch_batches(state.composer, state.epoch):
         images = transform(images.to(device, non_blocking=True))
         tokens = tokens.to(device, non_blocking=True)
         with autocast:
