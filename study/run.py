@@ -175,7 +175,7 @@ def prepare_new(args: argparse.Namespace) -> tuple[StudyState, SearchSpace]:
         base_config=base,
         objectives=[{"metric": o.metric, "mode": o.mode} for o in objectives],
         num_samples=args.num_samples or space.num_samples,
-        num_trials=_num_trials(space, args.num_samples),
+        num_trials=space.num_trials(args.num_samples),
         max_concurrent=args.max_concurrent or 0,
         workers_per_trial=workers,
         cpus_per_worker=cpw,
@@ -205,11 +205,6 @@ def _resource(value: Optional[float], default: float) -> float:
     if value < 0:
         raise StudyError(f"resources per worker must be >= 0, got {value}")
     return float(value)
-
-
-def _num_trials(space: SearchSpace, num_samples: Optional[int]) -> int:
-    repeats = num_samples or space.num_samples
-    return len(space.grid_points()) * repeats if space.algorithm == "grid" else repeats
 
 
 def _output_dir(value: Optional[str], name: str) -> str:

@@ -10,6 +10,8 @@ A space file (parsed with ``yaml.safe_load``; nothing in it is evaluated) has fo
       multivariate: false       # optuna only
       initial_points:           # optuna only: tried first, in order (e.g. the ends of a range)
         - {ratio: 0.0}
+      seeds: [0, 1, 2]          # optuna only: every proposed point is trained once per seed, and
+                                # Optuna learns from the seeds' mean (a grid searches `seed` itself)
       objectives:               # one (single objective) or several (multi-objective)
         - {metric: map100/multilingual, mode: max}
     fixed:                      # TrialConfig fields shared by every trial
@@ -130,6 +132,7 @@ class SearchSpace:
     n_startup_trials: int = 10
     multivariate: bool = False
     initial_points: tuple = ()
+    seeds: tuple = ()  # optuna: each proposal runs once per seed (Ray Tune's Repeater)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -153,11 +156,12 @@ class SearchSpace:
             points = [{param.name: v, **pt} for v in param.values for pt in points]
         return points
 
-    def num_trials(self) -> int:
-        """Trials the study will run."""
+    def num_trials(self, num_samples: int | None = None) -> int:
+        """Trials the study will run (``num_samples`` overrides the space's: proposals or grid repeats)."""
+        repeats = num_samples or self.num_samples
         if self.algorithm == "grid":
-            return len(self.grid_points()) * self.num_samples
-        return self.num_samples
+            return len(self.grid_points()) * repeats
+        return repeats * max(1, len(self.seeds))
 
 
 # ---------------------------------------------------------------------------
@@ -260,7 +264,7 @@ def parse_space(data: Any, *, name: str, source: str) -> SearchSpace:
     search = _mapping(data.get("search", {}), f"{where}: search")
     _only_keys(
         search,
-        ("algorithm", "num_samples", "n_startup_trials", "multivariate", "initial_points", "objectives"),
+        ("algorithm", "num_samples", "n_startup_trials", "multivariate", "initial_points", "objectives", "seeds"),
         f"{where}: search",
     )
     algorithm = search.get("algorithm", "optuna")
@@ -275,20 +279,42 @@ def parse_space(data: Any, *, name: str, source: str) -> SearchSpace:
     overlap = sorted(set(fixed) & {p.name for p in params})
     if overlap:
         raise SpaceError(f"{where}: {', '.join(overlap)} both fixed and searched")
+    objectives = _parse_objectives(search.get("objectives", [DEFAULT_OBJECTIVE]), where)
+    seeds = _parse_seeds(search.get("seeds"), algorithm, len(objectives), fixed, params, where)
     return SearchSpace(
         name=name,
         source=source,
         description=str(data.get("description", "")).strip(),
         algorithm=algorithm,
         num_samples=_positive_int(search.get("num_samples", 1), f"{where}: search.num_samples"),
-        objectives=_parse_objectives(search.get("objectives", [DEFAULT_OBJECTIVE]), where),
+        objectives=objectives,
         fixed=fixed,
         params=params,
         n_startup_trials=_positive_int(search.get("n_startup_trials", 10), f"{where}: search.n_startup_trials"),
         multivariate=bool(search.get("multivariate", False)),
         initial_points=_parse_initial_points(search.get("initial_points"), params, algorithm, where),
+        seeds=seeds,
         raw=data,
     )
+
+
+def _parse_seeds(value: Any, algorithm: str, n_objectives: int, fixed: dict, params: tuple, where: str) -> tuple:
+    """``search.seeds``: distinct non-negative integers, for single-objective Optuna spaces."""
+    if value is None:
+        return ()
+    at = f"{where}: search.seeds"
+    if algorithm != "optuna":
+        raise SpaceError(f"{at}: only for optuna spaces (a grid space searches seed as a grid param)")
+    if n_objectives > 1:
+        raise SpaceError(f"{at}: repeats average one objective; a multi-objective space takes no seeds")
+    if "seed" in fixed or any(p.name == "seed" for p in params):
+        raise SpaceError(f"{at}: seed is also fixed or searched; give it in one place")
+    if (not isinstance(value, list) or not value
+            or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in value)):
+        raise SpaceError(f"{at}={value!r}: must be a list of non-negative integers")
+    if len(set(value)) != len(value):
+        raise SpaceError(f"{at}={value!r}: seeds must be distinct")
+    return tuple(value)
 
 
 def _only_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:

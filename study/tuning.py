@@ -2,6 +2,8 @@
 
 * Optuna spaces: a seeded TPE sampler in ``OptunaSearch``, bounded by ``ConcurrencyLimiter``.
   Multi-objective metric/mode lists go on ``OptunaSearch`` (Ray 2.60), not ``TuneConfig``.
+  With ``search.seeds``, every proposal runs once per seed (:class:`SeedRepeater`, Tune's
+  ``Repeater``); Optuna is told the seeds' mean, so it models the ratio, not one seed's luck.
 * Grid spaces: Tune's grid search (no Optuna), bounded by ``max_concurrent_trials``.
 * ``--scheduler asha``: ``AsyncHyperBandScheduler`` on the per-epoch target metric.
 
@@ -11,7 +13,13 @@ The Tune experiment, including the pickled searcher, lives in ``<storage>/<name>
 
 from __future__ import annotations
 
+import os
+import pickle
+import tempfile
 from typing import Any
+
+from ray.tune.search import Repeater
+from ray.tune.search.repeater import TRIAL_INDEX
 
 from study.cluster import Capacity, driver_resources
 from study.spaces import SearchSpace
@@ -67,6 +75,45 @@ def progress_metrics(first: tuple) -> list[str]:
     return list(dict.fromkeys(["epoch", *first, "composition/mono_share", *families]))
 
 
+class SeedRepeater(Repeater):
+    """Tune's ``Repeater`` that gives the i-th repeat of a proposal ``seed = seeds[i]``.
+
+    Its state (which trial belongs to which proposal) is saved with the inner searcher's, so a
+    resumed study still reports each proposal's mean once all its seeds have finished (Tune's
+    ``Repeater.save`` keeps only the inner searcher).
+    """
+
+    def __init__(self, searcher: Any, seeds: tuple):
+        super().__init__(searcher, repeat=len(seeds), set_index=True)
+        self.seeds = tuple(seeds)
+
+    def suggest(self, trial_id: str):  # noqa: D102 - see Repeater
+        config = super().suggest(trial_id)
+        if isinstance(config, dict) and TRIAL_INDEX in config:
+            config = dict(config)
+            config["seed"] = self.seeds[config.pop(TRIAL_INDEX)]
+        return config
+
+    def save(self, checkpoint_path: str) -> None:  # noqa: D102 - see Searcher
+        with tempfile.TemporaryDirectory() as folder:
+            inner = os.path.join(folder, "inner.pkl")
+            self.searcher.save(inner)
+            with open(inner, "rb") as f:
+                blob = f.read()
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"repeater": self.get_state(), "inner": blob}, f)
+
+    def restore(self, checkpoint_path: str) -> None:  # noqa: D102 - see Searcher
+        with open(checkpoint_path, "rb") as f:
+            saved = pickle.load(f)  # the study's own state file, written by save() above
+        with tempfile.TemporaryDirectory() as folder:
+            inner = os.path.join(folder, "inner.pkl")
+            with open(inner, "wb") as f:
+                f.write(saved["inner"])
+            self.searcher.restore(inner)
+        self.set_state(saved["repeater"])
+
+
 def build_searcher(space: SearchSpace, state: StudyState) -> Any:
     """Seeded TPE in OptunaSearch under a ConcurrencyLimiter; None for grid spaces."""
     if space.algorithm == "grid":
@@ -89,6 +136,8 @@ def build_searcher(space: SearchSpace, state: StudyState) -> Any:
         )
     else:
         searcher = OptunaSearch(sampler=sampler, points_to_evaluate=points)
+    if space.seeds:
+        searcher = SeedRepeater(searcher, space.seeds)
     return ConcurrencyLimiter(searcher, max_concurrent=state.max_concurrent)
 
 
@@ -117,7 +166,7 @@ def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, verbo
         mode=state.mode if single else None,
         search_alg=build_searcher(space, state),
         scheduler=build_scheduler(state),
-        num_samples=state.num_samples,
+        num_samples=state.num_samples if space.algorithm == "grid" else state.num_trials,  # repeats included
         max_concurrent_trials=state.max_concurrent if space.algorithm == "grid" else None,
         trial_name_creator=trial_dirname,
         trial_dirname_creator=trial_dirname,

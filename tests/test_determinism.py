@@ -22,7 +22,7 @@ import pytest
 from trainables.config import TrialConfig
 from trainables.train import run_local
 
-TIMING_KEYS = ("train/epoch_time_s", "train/samples_per_s", "eval/time_s")
+TIMING_KEYS = ("train/epoch_time_s", "train/epoch_cpu_s", "train/samples_per_s", "eval/time_s")
 
 
 def small_config(data_cache: str, **changes) -> TrialConfig:

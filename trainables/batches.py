@@ -7,12 +7,21 @@ every caption is tokenised once per trial. A batch is then two gathers:
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from trainables.languages import LANGUAGES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,6 +34,7 @@ class TokenizedTrainSet:
     available: torch.Tensor
     languages: tuple[str, ...]
     skipped: dict[str, int]
+    truncated_share: float = 0.0  # share of the captions longer than the context (end cut off)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -63,3 +73,40 @@ def tokenize_set(data, tokenize: Callable[[list[str]], torch.Tensor], languages:
     if tokens is None:
         raise ValueError("the training set holds no caption in any known language")
     return TokenizedTrainSet(data.images, tokens, available, tuple(present), dict(getattr(data, "skipped", {}) or {}))
+
+
+def cached_tokenize_set(data, tokenizer, cache: Path, languages: Sequence[str] = LANGUAGES) -> TokenizedTrainSet:
+    """:func:`tokenize_set` of ``data`` with ``tokenizer`` (a :class:`~trainables.tokenizer.TextTokenizer`),
+    cached in ``cache/text/tokens-<key>.npz``; key = (tokenizer key, captions, languages).
+
+    Also measures the share of captions longer than the context; a share above 0 is logged as a
+    warning. A cache file that does not load or does not match is rebuilt, with one warning line.
+    """
+    from trainables.tokenizer import captions_digest, truncated_share
+
+    key = hashlib.sha256(json.dumps([tokenizer.key, captions_digest(data.captions), list(languages)]).encode())
+    path = Path(cache) / "text" / f"tokens-{key.hexdigest()[:16]}.npz"
+    skipped = dict(getattr(data, "skipped", {}) or {})
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                if str(saved["key"]) != key.hexdigest() or saved["tokens"].shape[0] != len(data.captions):
+                    raise ValueError("it belongs to other captions or another tokenizer")
+                return TokenizedTrainSet(data.images, torch.from_numpy(saved["tokens"].astype(np.int32)),
+                                         torch.from_numpy(saved["available"]), tuple(str(x) for x in saved["languages"]),
+                                         skipped, float(saved["truncated_share"]))
+        except Exception as err:  # noqa: BLE001 - an unusable cache is rebuilt, never used
+            log.warning("rebuilding the cached tokenised train set %s: %s", path, " ".join(str(err).split())[:200])
+    out = tokenize_set(data, tokenizer.tokenize, languages)
+    out.truncated_share = truncated_share([t for row in data.captions for t in row.values() if t], tokenizer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, key=np.array(key.hexdigest()), tokens=out.tokens.numpy(), available=out.available.numpy(),
+                     languages=np.array(out.languages), truncated_share=np.array(out.truncated_share))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

@@ -26,6 +26,7 @@ MISSING_CAPTION_POLICIES = ("redraw", "error")
 PRECISIONS = ("auto", "fp32", "bf16")
 UNREADABLE_IMAGE_POLICIES = ("skip", "error")
 TRAIN_LOADINGS = ("memory", "stream")
+TOKENIZERS = ("auto", "corpus", "openclip_bpe")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ class TrialConfig:
         learn_temperature: whether the logit scale is trained.
     Model:
         model: ``tiny`` (offline random-init CLIP) or any open_clip model name.
+        tokenizer: ``auto`` (the tiny model: ``corpus``; others: the model's own), ``corpus``
+            (BPE trained on the training captions, languages balanced; trainables.tokenizer)
+            or ``openclip_bpe`` (open_clip's English-centric BPE). Tiny models only.
+        context_length: text tokens per caption; None: just above the longest training caption
+            (``corpus``) or 77 (``openclip_bpe``).
         pretrained: open_clip pretrained tag, or a local checkpoint path.
         hf_text_model: HF text tower (local folder or hub name) on ``model``'s vision tower.
     Data:
@@ -75,6 +81,8 @@ class TrialConfig:
     # --- model -------------------------------------------------------------
     model: str = "tiny"
     pretrained: Optional[str] = None
+    tokenizer: str = "auto"
+    context_length: Optional[int] = None
     lock_image: bool = False
     lock_text_layers: int = 0
     grad_checkpointing: bool = False
@@ -124,7 +132,7 @@ class TrialConfig:
         def bad(name: str, why: str) -> None:
             raise ConfigError(f"{name}={getattr(self, name)!r}: {why}")
 
-        if not isinstance(self.ratio, (int, float)) or not (0.0 <= float(self.ratio) <= 1.0) or math.isnan(self.ratio):
+        if _not_number(self.ratio) or not (0.0 <= float(self.ratio) <= 1.0) or math.isnan(self.ratio):
             bad("ratio", "the monolingual ratio must lie in [0, 1]")
         _choice(self, "mode", COMPOSER_MODES)
         _choice(self, "language_weighting", LANGUAGE_WEIGHTINGS)
@@ -132,6 +140,15 @@ class TrialConfig:
         _choice(self, "precision", PRECISIONS)
         _choice(self, "unreadable_image_policy", UNREADABLE_IMAGE_POLICIES)
         _choice(self, "train_loading", TRAIN_LOADINGS)
+        _choice(self, "tokenizer", TOKENIZERS)
+        if self.tokenizer != "auto" and not self.is_tiny:
+            bad("tokenizer", f"only the offline tiny model's text tower is sized to a chosen tokenizer; "
+                f"model={self.model!r} uses its own (leave tokenizer=auto)")
+        if self.tokenizer == "corpus" and self.train_loading == "stream":
+            bad("tokenizer", "the corpus tokenizer is trained on the captions before training starts, "
+                "which a stream does not have; use tokenizer=openclip_bpe with train_loading=stream")
+        if self.context_length is not None and (_not_int(self.context_length) or self.context_length < 2):
+            bad("context_length", "must be an integer >= 2 (start and end token) or None")
         if self.train_loading == "stream":
             if self.train_data == "synthetic" or str(self.train_data).endswith(".jsonl"):
                 bad("train_loading", "streaming reads WebDataset shards; train_data is not a shard spec")
@@ -141,12 +158,12 @@ class TrialConfig:
             bad("train_languages", "at least one training language is needed")
         for name in ("batch_size", "epochs", "num_workers", "eval_k", "eval_every", "image_size",
                      "synthetic_train_size", "synthetic_test_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if _not_int(getattr(self, name)) or getattr(self, name) < 1:
                 bad(name, "must be a positive integer")
         for name in ("warmup_steps", "lock_text_layers", "loader_workers"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+            if _not_int(getattr(self, name)) or getattr(self, name) < 0:
                 bad(name, "must be a non-negative integer")
-        if self.steps_per_epoch is not None and (not isinstance(self.steps_per_epoch, int) or self.steps_per_epoch < 1):
+        if self.steps_per_epoch is not None and (_not_int(self.steps_per_epoch) or self.steps_per_epoch < 1):
             bad("steps_per_epoch", "must be a positive integer or None")
         if self.batch_size < self.num_workers or self.batch_size % self.num_workers:
             raise ConfigError(
@@ -155,11 +172,11 @@ class TrialConfig:
             )
         for name in ("lr", "temperature"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            if _not_number(value) or not math.isfinite(value) or value <= 0:
                 bad(name, "must be a positive finite number")
         for name in ("weight_decay", "grad_clip"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if _not_number(value) or not math.isfinite(value) or value < 0:
                 bad(name, "must be a non-negative finite number")
         if self.model == "tiny" and self.pretrained:
             bad("pretrained", "the offline 'tiny' model has no pretrained weights")
@@ -171,6 +188,20 @@ class TrialConfig:
                 "hf_text_model tower; give a local checkpoint of this combination instead")
 
     # ------------------------------------------------------------------
+    @property
+    def is_tiny(self) -> bool:
+        """The offline random-init model (``tiny``, or a registered ``mlclip-tiny*`` variant)."""
+        return self.model == "tiny" or str(self.model).startswith("mlclip-tiny")
+
+    @property
+    def text_tokenizer(self) -> str:
+        """The tokenizer in use: ``corpus``, ``openclip_bpe`` or ``model`` (the named model's own)."""
+        if self.tokenizer != "auto":
+            return self.tokenizer
+        if not self.is_tiny:
+            return "model"
+        return "openclip_bpe" if self.train_loading == "stream" else "corpus"
+
     @property
     def local_batch_size(self) -> int:
         """Per-worker batch: the global batch split evenly over the workers."""
@@ -207,6 +238,16 @@ def _pretrained_tags(model: str) -> list[str]:
     import open_clip
 
     return list(open_clip.list_pretrained_tags_by_model(model))
+
+
+def _not_int(value: Any) -> bool:
+    """Not an int (a bool is not an integer setting)."""
+    return isinstance(value, bool) or not isinstance(value, int)
+
+
+def _not_number(value: Any) -> bool:
+    """Not an int or float (a bool is not a number setting)."""
+    return isinstance(value, bool) or not isinstance(value, (int, float))
 
 
 def _choice(cfg: TrialConfig, name: str, allowed: tuple[str, ...]) -> None:

@@ -68,6 +68,7 @@ def evaluate_embeddings(
     k: int = 100,
     ks: Sequence[int] = (1, 5, 10),
     chunk_size: Optional[int] = None,
+    per_query: Optional[dict] = None,
 ) -> dict[str, float]:
     """All XTD retrieval metrics of one set of embeddings, named as in the module docstring.
 
@@ -77,9 +78,16 @@ def evaluate_embeddings(
     cut-offs; chunk_size: queries per score block (see
     :func:`trainables.metrics.retrieval_metrics`). Runs on the device of ``image_emb``.
     A run left with no query at all (no caption pairs) yields NaN.
+
+    per_query: a dict to fill with the AP@k of every query, from which every mAP above is a mean
+    (or a mean of means), for bootstrap intervals over test images (:mod:`study.answer`). Keys:
+    ``monolingual.t2i.{l}``, ``monolingual.i2t.{l}``, ``crosslingual.{a}-{b}``,
+    ``multilingual.i2t``, ``multilingual.t2t.{l}`` -> float32 numpy [Q]; ``bias.ranks`` -> int32
+    [Q, L] (the ranks of :func:`_bias_metrics`), ``bias.languages`` -> str [L]; and for every
+    array key K, ``K@image`` -> int32 [Q], the image each query belongs to.
     """
     emb = _prepare(image_emb, text_emb)
-    run = _Runner(k=k, ks=ks, chunk_size=chunk_size)
+    run = _Runner(k=k, ks=ks, chunk_size=chunk_size, per_query=per_query)
     out: dict[str, float] = {}
     out.update(_monolingual(run, emb))
     if len(emb.texts) > 1:
@@ -128,21 +136,34 @@ def _prepare(image_emb: Tensor, text_emb: dict[str, Tensor]) -> _Embeddings:
 class _Runner:
     """Runs one retrieval setting and reduces it to {metric prefix: mean over queries}."""
 
-    def __init__(self, k: int, ks: Sequence[int], chunk_size: Optional[int]) -> None:
+    def __init__(self, k: int, ks: Sequence[int], chunk_size: Optional[int], per_query: Optional[dict] = None) -> None:
         self.k, self.ks, self.chunk_size = int(k), tuple(int(x) for x in ks), chunk_size
+        self.per_query = per_query
 
-    def raw(self, queries: Tensor, pool: Tensor, query_ids: Tensor, pool_ids: Tensor, **kw: Any) -> QueryMetrics:
-        return retrieval_metrics(
+    def raw(self, queries: Tensor, pool: Tensor, query_ids: Tensor, pool_ids: Tensor, key: str = "",
+            **kw: Any) -> QueryMetrics:
+        result = retrieval_metrics(
             queries, pool, query_ids, pool_ids, k=self.k, ks=self.ks, chunk_size=self.chunk_size, **kw
         )
+        if self.per_query is not None and key:
+            self.keep(key, result.ap, query_ids)
+        return result
+
+    def keep(self, key: str, values: Tensor, query_ids: Tensor) -> None:
+        """Record per-query ``values`` and their images under ``key`` (when asked to)."""
+        if self.per_query is not None:
+            numpy_dtype = torch.int32 if not values.is_floating_point() else torch.float32
+            self.per_query[key] = values.detach().to("cpu", numpy_dtype).numpy()
+            self.per_query[f"{key}@image"] = query_ids.detach().to("cpu", torch.int32).numpy()
 
     def summary(self, result: QueryMetrics) -> Scores:
         out = {f"map{self.k}": float(result.ap.mean())}
         out.update({f"recall{kk}": float(result.recall[kk].mean()) for kk in self.ks})
         return out
 
-    def __call__(self, queries: Tensor, pool: Tensor, query_ids: Tensor, pool_ids: Tensor, **kw: Any) -> Scores:
-        return self.summary(self.raw(queries, pool, query_ids, pool_ids, **kw))
+    def __call__(self, queries: Tensor, pool: Tensor, query_ids: Tensor, pool_ids: Tensor, key: str = "",
+                 **kw: Any) -> Scores:
+        return self.summary(self.raw(queries, pool, query_ids, pool_ids, key=key, **kw))
 
 
 def _mean(scores: Iterable[Scores]) -> Scores:
@@ -174,8 +195,8 @@ def _monolingual(run: _Runner, emb: _Embeddings) -> dict[str, float]:
     for lang, texts in emb.texts.items():
         rows = emb.rows[lang]
         caps = texts[rows]
-        t2i[lang] = run(caps, emb.images, rows, all_ids)
-        i2t[lang] = run(emb.images[rows], caps, rows, rows)  # images without an l caption: nothing to find
+        t2i[lang] = run(caps, emb.images, rows, all_ids, key=f"monolingual.t2i.{lang}")
+        i2t[lang] = run(emb.images[rows], caps, rows, rows, key=f"monolingual.i2t.{lang}")  # only images with an l caption
         per_lang[lang] = _mean([t2i[lang], i2t[lang]])
         out.update(_named(t2i[lang], f"monolingual/t2i/lang/{lang}"))
         out.update(_named(i2t[lang], f"monolingual/i2t/lang/{lang}"))
@@ -197,7 +218,8 @@ def _crosslingual(run: _Runner, emb: _Embeddings) -> dict[str, float]:
         for b in langs:
             if a != b:
                 queries = (has[a] & has[b]).nonzero().squeeze(1)  # a captions whose b caption exists
-                pairs[a, b] = run(emb.texts[a][queries], emb.texts[b][emb.rows[b]], queries, emb.rows[b])
+                pairs[a, b] = run(emb.texts[a][queries], emb.texts[b][emb.rows[b]], queries, emb.rows[b],
+                                  key=f"crosslingual.{a}-{b}")
     out: dict[str, float] = {}
     for (a, b), scores in pairs.items():
         out.update(_named(scores, f"crosslingual/pair/{a}-{b}", map_only=True))
@@ -231,8 +253,14 @@ def _multilingual(run: _Runner, emb: _Embeddings) -> dict[str, float]:
     langs = list(emb.texts)
     pool, pool_ids, position = _multilingual_pool(emb)
     images = (position >= 0).any(dim=1).nonzero().squeeze(1)  # images with at least one caption
-    i2t_raw = run.raw(emb.images[images], pool, images, pool_ids, targets=position[images].clamp(min=0))
+    i2t_raw = run.raw(emb.images[images], pool, images, pool_ids, key="multilingual.i2t",
+                      targets=position[images].clamp(min=0))
     i2t = run.summary(i2t_raw)
+    run.keep("bias.ranks", i2t_raw.target_ranks, images)
+    if run.per_query is not None:
+        import numpy as np
+
+        run.per_query["bias.languages"] = np.array(langs)
     out = _named(i2t, "multilingual/i2t")
     out.update(_bias_metrics(i2t_raw.target_ranks, position[images] >= 0, langs, pool.shape[0]))
     if len(langs) < 2:
@@ -242,7 +270,8 @@ def _multilingual(run: _Runner, emb: _Embeddings) -> dict[str, float]:
     for j, lang in enumerate(langs):
         rows = emb.rows[lang]
         rows = rows[(position[rows] >= 0).sum(dim=1) > 1]  # the image has a caption in another language
-        per_lang[lang] = run(emb.texts[lang][rows], pool, rows, pool_ids, exclude=position[rows, j])
+        per_lang[lang] = run(emb.texts[lang][rows], pool, rows, pool_ids, key=f"multilingual.t2t.{lang}",
+                             exclude=position[rows, j])
         out.update(_named(per_lang[lang], f"multilingual/lang/{lang}"))
     t2t = _mean(per_lang.values())
     out.update(_named(t2t, "multilingual/t2t"))

@@ -1,9 +1,10 @@
 """Model construction: every model, tiny or real, is built through open_clip.
 
 ``config.model == "tiny"`` maps to the ``mlclip-tiny`` open_clip config shipped in
-``trainables/model_configs`` (random init, the BPE tokenizer that ships inside
-open_clip, no network). Any other name is an open_clip model name, optionally with
-a ``pretrained`` tag or local checkpoint file.
+``trainables/model_configs`` (random init, no network); its text tower is sized to the
+trial's tokenizer (:mod:`trainables.tokenizer`: the corpus tokenizer by default, or
+open_clip's BPE). Any other name is an open_clip model name, optionally with a
+``pretrained`` tag or local checkpoint file, and uses that model's own tokenizer.
 
 The returned :class:`ModelBundle` holds the model plus two pure functions the loop
 and the evaluation share:
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.config import ConfigError, TrialConfig
+from trainables.tokenizer import TextTokenizer
 
 TINY_NAME = "mlclip-tiny"
 _CONFIG_DIR = Path(__file__).with_name("model_configs")
@@ -43,6 +45,7 @@ class ModelBundle:
     image_transform: Callable[[torch.Tensor], torch.Tensor]
     image_size: int
     context_length: int
+    tokenizer: TextTokenizer
 
 
 def _register_local_configs() -> None:
@@ -74,8 +77,48 @@ def _is_local_file(value: str) -> bool:
     return os.path.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
-def build_model(config: TrialConfig, device: torch.device | str = "cpu") -> ModelBundle:
+def make_tokenizer(config: TrialConfig, captions=None) -> TextTokenizer:
+    """The text tokenizer of ``config`` (``config.text_tokenizer``).
+
+    ``corpus`` is trained on ``captions`` (rows of {language: caption}; default: the captions of
+    ``config``'s training split), once, and cached (:func:`trainables.tokenizer.build_corpus_tokenizer`).
+    """
+    from trainables import tokenizer as tk
+
+    name = resolve_model_name(config)
+    kind = config.text_tokenizer
+    if kind == "corpus":
+        from trainables.data.sources import load_train_set
+        from trainables.data.synthetic import cache_root
+
+        if captions is None:
+            captions = load_train_set(config)[0].captions
+        return tk.load_corpus_tokenizer(tk.build_corpus_tokenizer(cache_root(config), captions), config.context_length)
+    if kind == "openclip_bpe":
+        return tk.openclip_bpe(name, config.context_length)
+    tokenizer = _get_tokenizer(config, name)
+    context = int(getattr(tokenizer, "context_length", 77))
+    return TextTokenizer(tokenize=lambda texts: tokenizer(list(texts)), count=lambda texts: [0] * len(texts),
+                         vocab_size=0, context_length=context, eos_id=None, name="model", key=f"model-{name}-c{context}")
+
+
+def _tiny_text_cfg(name: str, tok: TextTokenizer) -> dict:
+    """The tiny model's text tower sized to ``tok``: its vocabulary, context, and pooling at ``<eos>``."""
+    import open_clip
+
+    text_cfg = dict(open_clip.get_model_config(name)["text_cfg"])
+    text_cfg.update(vocab_size=tok.vocab_size, context_length=tok.context_length)
+    if tok.eos_id is not None:
+        text_cfg.update(pool_type="eos", eos_id=tok.eos_id, pad_id=0)
+    return {"text_cfg": text_cfg}
+
+
+def build_model(config: TrialConfig, device: torch.device | str = "cpu",
+                tokenizer: TextTokenizer | None = None) -> ModelBundle:
     """Build the model, tokenizer and image transform for ``config``.
+
+    ``tokenizer``: the trial's :class:`~trainables.tokenizer.TextTokenizer` (default
+    :func:`make_tokenizer` of ``config``); the tiny model's text tower is sized to it.
 
     The initial temperature becomes ``logit_scale = log(1 / temperature)``; with
     ``learn_temperature=False`` the logit scale is frozen. Tower locking and gradient
@@ -85,7 +128,8 @@ def build_model(config: TrialConfig, device: torch.device | str = "cpu") -> Mode
     import open_clip
 
     name = resolve_model_name(config)
-    text_tower = hf_text_tower_kwargs(config, name)
+    tok = tokenizer or make_tokenizer(config)
+    text_tower = _tiny_text_cfg(name, tok) if config.is_tiny else hf_text_tower_kwargs(config, name)
     try:
         with _quiet_random_init(expected=not config.pretrained):
             model = open_clip.create_model(
@@ -105,14 +149,14 @@ def build_model(config: TrialConfig, device: torch.device | str = "cpu") -> Mode
             model.logit_scale.fill_(math.log(1.0 / config.temperature))
     model.logit_scale.requires_grad_(config.learn_temperature)
     _apply_locks(model, config)
-    tokenizer = _get_tokenizer(config, name)
     mean, std, size = _preprocess_stats(model)
     return ModelBundle(
         model=model,
-        tokenize=lambda texts: tokenizer(list(texts)),
+        tokenize=tok.tokenize,
         image_transform=make_image_transform(mean, std, size),
         image_size=size,
-        context_length=int(getattr(tokenizer, "context_length", 77)),
+        context_length=tok.context_length,
+        tokenizer=tok,
     )
 
 

@@ -33,6 +33,9 @@ TAG_RESTARTED_AFTER = "mlclip.restarted_after"  # the failure an attempt of this
 TAG_COMPLETED = "mlclip.completed"  # "true" once the trial's fit returned successfully
 TAG_EARLY_STOPPED = "mlclip.early_stopped"
 
+# The trial's per-query AP@100 of its final evaluation (an artifact of its child run; study.answer reads it).
+PER_QUERY_FILE = "per_query_ap.npz"
+
 # Never logged as metrics: bookkeeping, not measurements.
 JUNK_KEYS = frozenset(
     {
@@ -329,6 +332,20 @@ class TrialRun:
         for start in range(0, len(batch), 500):
             self._client.log_batch(self.run_id, metrics=batch[start : start + 500])
         self._last_step = int(epoch)
+
+    def log_per_query(self, arrays: Mapping[str, Any]) -> None:
+        """Save the final evaluation's per-query AP arrays as the run's artifact :data:`PER_QUERY_FILE`
+        (numpy ``.npz``, keys as in :func:`trainables.evaluate.evaluate_embeddings`)."""
+        if not self.active or not arrays:
+            return
+        import tempfile
+
+        import numpy as np
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / PER_QUERY_FILE
+            np.savez_compressed(path, **dict(arrays))
+            self._client.log_artifact(self.run_id, str(path))
 
     def finish(self, status: str = "FINISHED", reason: Optional[str] = None) -> None:
         """End the run: FINISHED, or FAILED/KILLED with ``reason`` as the ``mlclip.failure_reason`` tag."""

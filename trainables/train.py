@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from trainables.batches import tokenize_set
+from trainables.batches import cached_tokenize_set
 from trainables.config import TrialConfig
 from trainables.session import Session, UnsafeCheckpointError  # noqa: F401 - re-exported
 
@@ -48,22 +48,19 @@ class TrialState:
 # ---------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------
-def load_datasets(config: TrialConfig, tokenize, rank: int = 0, world_size: int = 1) -> tuple[Any, Any]:
-    """Train set and the XTD-format evaluation set for ``config``.
+def load_datasets(config: TrialConfig) -> tuple[Any, Any]:
+    """The raw training split and the XTD-format evaluation set of ``config``.
 
-    The train set is a :class:`~trainables.batches.TokenizedTrainSet` (decoded and tokenised in memory), or with
-    ``train_loading="stream"`` a :class:`~trainables.stream.StreamTrainSet` of this rank.
+    The raw split is an :class:`~trainables.data.types.ImageCaptionSet` in memory, or None with
+    ``train_loading="stream"`` (each rank reads its shards later, see :func:`train_set`).
     """
     from trainables.data.sources import check_eval_data, load_train_set
     from trainables.data.xtd import load_xtd
 
     if config.train_loading == "stream":
-        from trainables.stream import StreamTrainSet
-
-        train, default_eval_dir = StreamTrainSet(config, tokenize, rank, world_size), check_eval_data(config)
+        train_raw, default_eval_dir = None, check_eval_data(config)
     else:
         train_raw, default_eval_dir = load_train_set(config)
-        train = tokenize_set(train_raw, tokenize)
     eval_dir = default_eval_dir if config.eval_data == "synthetic" else config.eval_data
     eval_set = load_xtd(
         eval_dir,
@@ -72,7 +69,20 @@ def load_datasets(config: TrialConfig, tokenize, rank: int = 0, world_size: int 
         unreadable_policy=config.unreadable_image_policy,
         image_size=config.image_size,
     )
-    return train, eval_set
+    return train_raw, eval_set
+
+
+def train_set(config: TrialConfig, train_raw: Any, tokenizer, rank: int = 0, world_size: int = 1) -> Any:
+    """The train set the step consumes: a :class:`~trainables.batches.TokenizedTrainSet` (tokenised
+    once, cached in the data cache), or with ``train_loading="stream"`` this rank's
+    :class:`~trainables.stream.StreamTrainSet`."""
+    if train_raw is None:
+        from trainables.stream import StreamTrainSet
+
+        return StreamTrainSet(config, tokenizer.tokenize, rank, world_size)
+    from trainables.data.synthetic import cache_root
+
+    return cached_tokenize_set(train_raw, tokenizer, cache_root(config))
 
 
 def make_composer(config: TrialConfig, data: Any, rank: int, world_size: int) -> Any:
@@ -131,7 +141,7 @@ def train_one_epoch(state: TrialState, data: Any, loss_fn, transform, config: Tr
     model.train()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if _use_bf16(config, device) else nullcontext())
     loss_sum = torch.zeros((), device=device)
-    steps, check_every, t0 = 0, 25, time.perf_counter()
+    steps, check_every, t0, cpu0 = 0, 25, time.perf_counter(), time.process_time()
     for step, images, tokens in data.epoch_batches(state.composer, state.epoch):
         images = transform(images.to(device, non_blocking=True))
         tokens = tokens.to(device, non_blocking=True)
@@ -151,12 +161,13 @@ def train_one_epoch(state: TrialState, data: Any, loss_fn, transform, config: Tr
         if steps % check_every == 0:
             _check_finite(loss_sum, state.epoch + 1, step)
     _check_finite(loss_sum, state.epoch + 1, "end")
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     samples = steps * config.batch_size  # global samples: every rank ran the same number of steps
     return {
         "train/loss": float(loss_sum) / max(steps, 1),
         "train/steps": float(steps),
         "train/epoch_time_s": elapsed,
+        "train/epoch_cpu_s": cpu,  # this process's CPU seconds (all its threads): steadier than wall on a shared machine
         "train/samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
         "train/lr": float(state.scheduler.get_last_lr()[0]),
         "train/temperature": float(1.0 / _unwrap(model).logit_scale.detach().exp()),
@@ -182,15 +193,18 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 # ---------------------------------------------------------------------------
 # evaluation and checkpoints
 # ---------------------------------------------------------------------------
-def evaluate(model: torch.nn.Module, bundle, eval_set, config: TrialConfig, device) -> dict[str, float]:
-    """XTD-format retrieval metrics of the current model (see :mod:`trainables.evaluate`)."""
+def evaluate(model: torch.nn.Module, bundle, eval_set, config: TrialConfig, device,
+             per_query: Optional[dict] = None) -> dict[str, float]:
+    """XTD-format retrieval metrics of the current model (see :mod:`trainables.evaluate`);
+    ``per_query`` (a dict) is filled with every query's AP."""
     from trainables.evaluate import embed_dataset, evaluate_embeddings
 
     t0 = time.perf_counter()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if _use_bf16(config, device) else nullcontext()
     with autocast:
         image_emb, text_emb = embed_dataset(_unwrap(model), bundle.tokenize, bundle.image_transform, eval_set, device)
-    metrics = evaluate_embeddings(image_emb.float(), {k: v.float() for k, v in text_emb.items()}, k=config.eval_k)
+    metrics = evaluate_embeddings(image_emb.float(), {k: v.float() for k, v in text_emb.items()}, k=config.eval_k,
+                                  per_query=per_query)
     metrics["eval/time_s"] = time.perf_counter() - t0
     return metrics
 
@@ -231,15 +245,23 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
     report/resume); optional MLflow ``tracking`` info, used by rank 0 only.
     """
     from trainables.loss import make_clip_loss
-    from trainables.model import build_model
+    from trainables.model import build_model, make_tokenizer
     from trainables.tracking import TrialRun
 
-    # --- setup: the same seed on every rank, so every rank builds the same model
-    torch.manual_seed(config.seed)
-    bundle = build_model(config, device=session.device)
+    # --- data: the raw split first, since the corpus tokenizer is trained on its captions
+    train_raw, eval_set = load_datasets(config)
+    tokenizer = make_tokenizer(config, train_raw.captions if train_raw is not None else None)
 
-    # --- data: tokenised once (or streamed per rank); the composer decides (sample, language) per step
-    data, eval_set = load_datasets(config, bundle.tokenize, session.rank, session.world_size)
+    # --- model: the same seed on every rank, so every rank builds the same model
+    torch.manual_seed(config.seed)
+    bundle = build_model(config, device=session.device, tokenizer=tokenizer)
+
+    # --- tokenised once and cached (or streamed per rank); the composer decides (sample, language) per step
+    data = train_set(config, train_raw, tokenizer, session.rank, session.world_size)
+    truncated = float(getattr(data, "truncated_share", 0.0))
+    if truncated > 0 and session.rank == 0:
+        log.warning("context_length=%d cuts off %.1f%% of the training captions (data/truncated_share); the "
+                    "longest has %s tokens", tokenizer.context_length, 100 * truncated, tokenizer.longest or "more")
     composer = make_composer(config, data, session.rank, session.world_size)
     steps_per_epoch = composer.num_steps(0)
 
@@ -263,9 +285,13 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
             metrics = {"epoch": float(state.epoch + 1)}
             metrics.update(train_one_epoch(state, data, loss_fn, bundle.image_transform, config, session))
             metrics.update(composer.stats())
-            if session.rank == 0 and ((state.epoch + 1) % config.eval_every == 0 or state.epoch + 1 == config.epochs):
-                metrics.update(evaluate(model, bundle, eval_set, config, session.device))
+            last = state.epoch + 1 == config.epochs
+            if session.rank == 0 and ((state.epoch + 1) % config.eval_every == 0 or last):
+                per_query: Optional[dict] = {} if last else None  # the answer's intervals use the final evaluation
+                metrics.update(evaluate(model, bundle, eval_set, config, session.device, per_query))
+                run.log_per_query(per_query or {})
             metrics.update({f"data/{k}": float(v) for k, v in data.skipped.items()})
+            metrics["data/truncated_share"] = truncated
             run.log_epoch(metrics, epoch=state.epoch + 1)
             session.report(metrics, checkpoint_state(state, config, metrics) if session.rank == 0 else None)
             reports.append(metrics)
