@@ -28,6 +28,8 @@ from study.results import (
 
 CSV_NAME = "trials.csv"
 FIGURE_NAME = "map100_by_family_vs_ratio.png"
+ANSWER_CSV = "answer.csv"
+ANSWER_MD = "answer.md"
 PARETO_FIGURE_NAME = "pareto_front.png"
 BEST_NAME = "best_config.json"
 
@@ -70,6 +72,7 @@ class Summary:
     best: Optional[TrialRecord]
     front: list = field(default_factory=list)
     files: list = field(default_factory=list)
+    markdown: str = ""  # the answer's markdown summary (empty without per-query arrays)
 
 
 def summarize(
@@ -78,11 +81,20 @@ def summarize(
     output_dir: Path,
     title: str = "",
     extra_params: Sequence[str] = (),
+    queries: Sequence = (),
 ) -> Summary:
-    """Table, best config (or Pareto front), failures; write CSV, figure(s) and best config."""
+    """Table, best config (or Pareto front), failures; write CSV, figure(s) and best config.
+
+    ``queries``: the completed trials' per-query AP arrays (:class:`study.answer.TrialQueries`);
+    with them the answer (per family and setting, with intervals: :mod:`study.answer`) is
+    printed and saved as ``answer.csv``, ``answer.md`` and the figure.
+    """
     metric, mode = objectives[0]["metric"], objectives[0]["mode"]
     headers, rows = table(records, extra_params)
     parts = [format_table(headers, rows) if rows else "(no trials)"]
+    answer = _answer(queries) if queries else None
+    if answer is not None:
+        parts.append(answer["text"])
     best = best_record(records, metric, mode)
     front = pareto_front(records, objectives) if len(objectives) > 1 else []
     if front:
@@ -92,9 +104,9 @@ def summarize(
     failed = [r for r in records if r.status == FAILED]
     if failed:
         parts.append("Failed trials:\n" + "\n".join(f"  {r.trial_id}: {r.reason or 'unknown reason'}" for r in failed))
-    files = _write_files(records, objectives, best, front, output_dir, title)
+    files = _write_files(records, objectives, best, front, output_dir, title, answer)
     parts.append("Saved to " + str(output_dir) + ":\n" + "\n".join(f"  {p.name}" for p in files))
-    return Summary("\n\n".join(parts), best, front, files)
+    return Summary("\n\n".join(parts), best, front, files, answer["markdown"] if answer else "")
 
 
 def _best_text(best: TrialRecord, metric: str, mode: str, extra_params: Sequence[str]) -> str:
@@ -114,10 +126,36 @@ def _front_text(front: Sequence[TrialRecord], objectives: Sequence[dict]) -> str
     return "\n".join(lines)
 
 
-def _write_files(records, objectives, best, front, output_dir: Path, title: str) -> list[Path]:
+def _answer(queries: Sequence) -> dict:
+    """The answer rows, best ratios, ends sentence and their markdown (:mod:`study.answer`)."""
+    from study import answer as ans
+
+    rows, best, sentence = ans.answer_rows(queries), ans.best_ratios(queries), ans.ends_sentence(queries)
+    markdown = ans.answer_markdown(rows, best, sentence)
+    seeds = sorted({q.seed for q in queries})
+    head = (f"Answer ({len(queries)} trials, seeds {', '.join(map(str, seeds))}; 95% intervals over seeds and "
+            "test images; best ratio per setting and family, and the tried ratios not distinguishable from it):")
+    families = list(dict.fromkeys(b["family"] for b in best))
+    cells = {(b["setting"], b["family"]): f"{b['best_ratio']:.2g} ({b['set_low']:.2g}-{b['set_high']:.2g})" for b in best}
+    settings = list(dict.fromkeys(b["setting"] for b in best))
+    grid = [[setting, *(cells.get((setting, f), "") for f in families)] for setting in settings]
+    lines = [head, format_table(["setting", *families], [row + [""] for row in grid]).replace("  \n", "\n").rstrip()]
+    lines.append(sentence)
+    return {"rows": rows, "best": best, "sentence": sentence, "markdown": markdown, "text": "\n".join(lines)}
+
+
+def _write_files(records, objectives, best, front, output_dir: Path, title: str, answer=None) -> list[Path]:
     output_dir.mkdir(parents=True, exist_ok=True)
     files = [write_csv(records, output_dir / CSV_NAME)]
-    figure = plot_families(records, output_dir / FIGURE_NAME, title)
+    if answer is not None:
+        from study.answer import plot_answer, write_answer_csv
+
+        files.append(write_answer_csv(answer["rows"], output_dir / ANSWER_CSV))
+        (output_dir / ANSWER_MD).write_text(answer["markdown"], encoding="utf-8")
+        files.append(output_dir / ANSWER_MD)
+        figure = plot_answer(answer["rows"], output_dir / FIGURE_NAME, title)
+    else:
+        figure = plot_families(records, output_dir / FIGURE_NAME, title)
     if figure:
         files.append(figure)
     if len(objectives) > 1:

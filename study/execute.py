@@ -24,6 +24,8 @@ from study.cluster import (
     start_ray,
 )
 from study.mlflow_study import (
+    child_runs,
+    trial_queries,
     close_parent_run,
     ensure_experiment,
     failure_reasons,
@@ -138,10 +140,11 @@ def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, sec
     reconcile_children(client, state, records)
     interrupted = len(records) < state.num_trials or any(r.status == UNFINISHED for r in records)
     title = f"{state.name}: mAP@100 per family vs ratio"
-    summary = console.summarize(records, state.objectives, Path(state.output_dir), title, space.param_names)
+    queries = trial_queries(client, child_runs(client, state), records)
+    summary = console.summarize(records, state.objectives, Path(state.output_dir), title, space.param_names, queries)
     console.say(f"\nTrials of study {state.name} ({len(records)}/{state.num_trials}, {seconds:.0f} s):\n")
     console.say(summary.text)
-    log_summary(client, state.parent_run_id, summary.best, state.metric, summary.files)
+    log_summary(client, state.parent_run_id, summary.best, state.metric, summary.files, summary.markdown)
     close_parent_run(client, state.parent_run_id, "KILLED" if interrupted else "FINISHED")
     console.say(f"\nMLflow UI: {console.mlflow_ui_command(state.tracking_uri)}")
     if interrupted:

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Optional
 from study.results import COMPLETED, EARLY_STOPPED, FAILED, TrialRecord
 from study.state import StudyState, describe
 from trainables.tracking import (
+    PER_QUERY_FILE,
     TAG_COMPLETED,
     TAG_EARLY_STOPPED,
     TAG_PARENT,
@@ -72,12 +73,37 @@ def reopen_parent_run(client: Any, run_id: str) -> None:
 
 def child_runs(client: Any, state: StudyState) -> dict[str, Any]:
     """The study's child runs by trial id."""
+    return children_of(client, state.experiment_id, state.parent_run_id)
+
+
+def children_of(client: Any, experiment_id: str, parent_run_id: str) -> dict[str, Any]:
+    """The child runs of ``parent_run_id`` by trial id."""
     runs = client.search_runs(
-        experiment_ids=[state.experiment_id],
-        filter_string=f"tags.`{TAG_PARENT}` = '{state.parent_run_id}'",
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
         max_results=10000,
     )
     return {r.data.tags.get(TAG_TRIAL_ID, r.info.run_id): r for r in runs}
+
+
+def trial_queries(client: Any, runs: dict[str, Any], records: Iterable[TrialRecord]) -> list:
+    """Per-query AP arrays (:class:`study.answer.TrialQueries`) of the completed trials whose child
+    run holds the artifact :data:`PER_QUERY_FILE`; trials without it are left out."""
+    from study.answer import load_trial_queries
+
+    out = []
+    with tempfile.TemporaryDirectory() as folder:
+        for record in records:
+            run = runs.get(record.trial_id)
+            ratio, seed = record.params.get("ratio"), record.params.get("seed") or 0
+            if record.status != COMPLETED or run is None or not isinstance(ratio, (int, float)):
+                continue
+            try:
+                path = client.download_artifacts(run.info.run_id, PER_QUERY_FILE, folder)
+            except Exception:  # noqa: BLE001 - no such artifact (e.g. an older or a stand-in trial)
+                continue
+            out.append(load_trial_queries(path, record.trial_id, float(ratio), int(seed)))
+    return out
 
 
 def reconcile_children(client: Any, state: StudyState, records: Iterable[TrialRecord]) -> None:
@@ -124,8 +150,12 @@ def failure_reasons(client: Any, state: StudyState) -> dict[str, str]:
     return {tid: r.data.tags[TAG_REASON] for tid, r in child_runs(client, state).items() if r.data.tags.get(TAG_REASON)}
 
 
-def log_summary(client: Any, run_id: str, best: Optional[TrialRecord], metric: str, files: Iterable[Path]) -> None:
-    """Best config (tags, metric, JSON) and the summary files as parent-run artifacts."""
+def log_summary(client: Any, run_id: str, best: Optional[TrialRecord], metric: str, files: Iterable[Path],
+                markdown: str = "") -> None:
+    """Best config (tags, metric, JSON), the summary files as parent-run artifacts, and the answer's
+    markdown as the parent run's description (MLflow renders it on the run page)."""
+    if markdown:
+        client.set_tag(run_id, "mlflow.note.content", markdown)
     if best is not None:
         shown = {k: v for k, v in best.params.items() if not isinstance(v, (list, tuple))}
         client.set_tag(run_id, "best.trial_id", best.trial_id)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from study import console
-from study.mlflow_study import find_parent_run
+from study.mlflow_study import children_of, find_parent_run, trial_queries
 from study.results import records_from_mlflow
 from trainables.tracking import TrackingError, check_tracking_uri, client_for, resolve_tracking_uri
 
@@ -64,7 +64,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     records = records_from_mlflow(client, experiment.experiment_id, parent.info.run_id)
     out = Path(args.output_dir or Path("study_results") / args.experiment / "report").resolve()
     space_params = [k for k in ("ratio", "temperature", "batch_size") if any(k in r.params for r in records)]
-    summary = console.summarize(records, objectives_of(parent), out, f"{args.experiment}: mAP@100 per family vs ratio", space_params)
+    queries = trial_queries(client, children_of(client, experiment.experiment_id, parent.info.run_id), records)
+    summary = console.summarize(records, objectives_of(parent), out, f"{args.experiment}: mAP@100 per family vs ratio",
+                                space_params, queries)
     console.say(f"Study {args.experiment} (parent run {parent.info.run_id}, {parent.info.status}), {len(records)} trials:\n")
     console.say(summary.text)
     console.say(f"\nMLflow UI: {console.mlflow_ui_command(uri)}")

@@ -376,12 +376,15 @@ def plan_text(state: StudyState, space: SearchSpace) -> str:
     at_once = f"up to {state.max_concurrent}" if state.max_concurrent else "as many as fit"
     gpu = f" + {state.gpus_per_worker:g} GPU" if state.gpus_per_worker else ""
     data = f"train={state.base_config.get('train_data')}, eval={state.base_config.get('eval_data')}"
+    seeds = f" ({len(space.seeds)} seeds per proposal: {', '.join(map(str, space.seeds))})" if space.seeds else ""
+    base = state.base_config
+    steps = f"{base.get('epochs')} epochs" + (f" x {base['steps_per_epoch']} steps" if base.get("steps_per_epoch") else "")
     return "\n".join(
         [
             f"Study {state.name}: space {space.name} ({space.source})",
             f"  search:   {space.algorithm} over {searched}; target {goal}; scheduler {state.scheduler}; seed {state.seed}",
-            f"  trials:   {state.num_trials}, {at_once} at a time; each {state.workers_per_trial} worker(s) x "
-            f"{state.cpus_per_worker:g} CPU{gpu}; {state.base_config.get('epochs')} epochs; data {data}",
+            f"  trials:   {state.num_trials}{seeds}, {at_once} at a time; each {state.workers_per_trial} worker(s) x "
+            f"{state.cpus_per_worker:g} CPU{gpu}; {steps}; data {data}",
             f"  state:    {state.experiment_path}",
             f"  MLflow:   {state.tracking_uri}",
             f"  outputs:  {state.output_dir}",
