@@ -45,16 +45,25 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
     "w192-l1": ({"lr": 2e-3}, {"vision_cfg": {"width": 192, "layers": 1}, "text_cfg": {"width": 192, "layers": 1}}),
     "l3": ({}, {"vision_cfg": {"layers": 3}, "text_cfg": {"layers": 3}}),
     "t0.05-fixed": ({"temperature": 0.05, "learn_temperature": False}, {}),
+    "lr5e-4": ({"lr": 5e-4}, {}),
+    "lr7e-4": ({"lr": 7e-4}, {}),
+    "lr1.4e-3": ({"lr": 1.4e-3}, {}),
+    "wu100": ({"warmup_steps": 100}, {}),
+    "s600": ({"steps": 600}, {}),
+    "s1200": ({"steps": 1200}, {}),
 }
 BASE: dict[str, Any] = {"ratio": 0.5, "batch_size": 64, "steps": 800, "lr": 1e-3, "warmup_steps": 20,
                         "synthetic_train_size": 4000, "synthetic_test_size": 500}
 KEYS = ("map100/multilingual", "map100/monolingual", "map100/crosslingual")
 
 
-def candidate_config(name: str, scale: float, points: int, cache: str) -> tuple[dict, dict]:
-    """(TrialConfig fields, open_clip config changes) of candidate ``name``."""
+TINY = {"steps": 4, "synthetic_train_size": 128, "synthetic_test_size": 40, "warmup_steps": 1}
+
+
+def candidate_config(name: str, scale: float, points: int, cache: str, tiny: bool = False) -> tuple[dict, dict]:
+    """(TrialConfig fields, open_clip config changes) of candidate ``name`` (``tiny``: a smoke size)."""
     fields, arch = CANDIDATES[name]
-    values = {**BASE, **fields}
+    values = {**BASE, **fields, **(TINY if tiny else {})}
     steps = int(round(values.pop("steps") * scale))
     values.update(epochs=points, steps_per_epoch=max(1, steps // points), eval_every=1, data_cache=cache)
     return values, arch
@@ -78,7 +87,7 @@ def _register(name: str, arch: dict) -> str:
 
 def run_candidate(job: tuple) -> list[dict]:
     """Train one candidate on one thread; returns one row per evaluation point."""
-    name, scale, points, cache = job
+    name, scale, points, cache, tiny = job
     import torch
 
     torch.set_num_threads(1)
@@ -87,7 +96,7 @@ def run_candidate(job: tuple) -> list[dict]:
     from trainables.session import LocalSession
     from trainables.train import train_worker
 
-    values, arch = candidate_config(name, scale, points, cache)
+    values, arch = candidate_config(name, scale, points, cache, tiny)
     if arch:
         values["model"] = _register(name, arch)
     config = TrialConfig(**values)
@@ -116,7 +125,11 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="candidates trained at once (one thread each)")
     p.add_argument("--data-cache", default=None, help="data cache folder (default ~/.cache/mlclip-study)")
     p.add_argument("--json", help="save the rows here")
+    p.add_argument("--tiny", action="store_true", help="smoke run: 2 candidates, 4 steps, tiny data, a temp cache")
     args = p.parse_args(argv)
+    if args.tiny:
+        args.only, args.points, args.jobs = args.only or ["default", "w64"], 2, 1
+        args.data_cache = args.data_cache or tempfile.mkdtemp(prefix="mlclip-tq-cache-")
     names = args.only or list(CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
@@ -125,10 +138,11 @@ def main(argv=None) -> int:
     from trainables.data.synthetic import load_synthetic
 
     print(load_line(), flush=True)
-    load_synthetic(TrialConfig(**candidate_config("default", 1, 1, args.data_cache)[0]))  # build the cache once
+    load_synthetic(TrialConfig(**candidate_config("default", 1, 1, args.data_cache, args.tiny)[0]))  # build the cache once
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(max(1, args.jobs)) as pool:
-        results = pool.map(run_candidate, [(n, args.scale, args.points, args.data_cache) for n in names], chunksize=1)
+        jobs = [(n, args.scale, args.points, args.data_cache, args.tiny) for n in names]
+        results = pool.map(run_candidate, jobs, chunksize=1)
     rows = [r for rs in results for r in rs]
     print_table(["candidate", "step", "train CPU s", "CPU ms/step", "multi", "mono", "cross", "weakest fam", "sinitic"],
                 [[r["candidate"], r["step"], r["train_cpu_s"], r["ms_per_step"], r["map100/multilingual"],
@@ -136,8 +150,8 @@ def main(argv=None) -> int:
                 title=f"\ntime to quality (1 thread per candidate, {args.jobs} at once; {load_line()})")
     print(f"wall-clock {time.perf_counter() - t0:.0f} s")
     save_json(args.json, {"rows": rows, "scale": args.scale, "load": load_line()})
-    return 0
+    return rows
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

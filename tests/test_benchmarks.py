@@ -103,3 +103,18 @@ def test_stream_tiny(tmp_path):
     out = stream.main(["--tiny", "--json", str(tmp_path / "stream.json")])
     assert [r["variant"] for r in out["variants"]][0] == "memory, synthetic" and len(out["variants"]) == 4
     assert all(r["steps"] == 4 and r["samples_per_s"] > 0 for r in out["variants"])  # 128 images, batch 32
+
+
+def test_time_to_quality_tiny():
+    from benchmarks import time_to_quality
+
+    rows = time_to_quality.main(["--tiny"])
+    assert [(r["candidate"], r["step"]) for r in rows] == [("default", 2), ("default", 4), ("w64", 2), ("w64", 4)]
+    assert all(r["train_cpu_s"] > 0 and 0 <= r["map100/multilingual"] <= 1 for r in rows)
+
+
+def test_tokenizers_tiny():
+    from benchmarks import tokenizers
+
+    rows = tokenizers.main(["--tiny"])
+    assert [r[1].split()[0] for r in rows] == ["corpus", "openclip_bpe"]

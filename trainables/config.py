@@ -27,6 +27,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 UNREADABLE_IMAGE_POLICIES = ("skip", "error")
 TRAIN_LOADINGS = ("memory", "stream")
 TOKENIZERS = ("auto", "corpus", "openclip_bpe")
+MAX_SEED = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit; torch takes these too
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class TrialConfig:
         tokenizer: ``auto`` (the tiny model: ``corpus``; others: the model's own), ``corpus``
             (BPE trained on the training captions, languages balanced; trainables.tokenizer)
             or ``openclip_bpe`` (open_clip's English-centric BPE). Tiny models only.
+        tokenizer_vocab: vocabulary size the corpus tokenizer is trained to (at most; 2000 suits the
+            synthetic captions, a real corpus needs more, e.g. 16000).
         context_length: text tokens per caption; None: just above the longest training caption
             (``corpus``) or 77 (``openclip_bpe``).
         pretrained: open_clip pretrained tag, or a local checkpoint path.
@@ -84,6 +87,7 @@ class TrialConfig:
     model: str = "tiny"
     pretrained: Optional[str] = None
     tokenizer: str = "auto"
+    tokenizer_vocab: int = 2000
     context_length: Optional[int] = None
     lock_image: bool = False
     lock_text_layers: int = 0
@@ -149,6 +153,8 @@ class TrialConfig:
         if self.tokenizer == "corpus" and self.train_loading == "stream":
             bad("tokenizer", "the corpus tokenizer is trained on the captions before training starts, "
                 "which a stream does not have; use tokenizer=openclip_bpe with train_loading=stream")
+        if _not_int(self.tokenizer_vocab) or self.tokenizer_vocab < 64:
+            bad("tokenizer_vocab", "must be an integer >= 64")
         if self.context_length is not None and (_not_int(self.context_length) or self.context_length < 2):
             bad("context_length", "must be an integer >= 2 (start and end token) or None")
         if self.train_loading == "stream":
@@ -165,6 +171,9 @@ class TrialConfig:
         for name in ("warmup_steps", "lock_text_layers", "loader_workers"):
             if _not_int(getattr(self, name)) or getattr(self, name) < 0:
                 bad(name, "must be a non-negative integer")
+        for name in ("seed", "data_seed"):
+            if _not_int(getattr(self, name)) or not 0 <= getattr(self, name) <= MAX_SEED:
+                bad(name, "must be an integer in [0, 2**32 - 1]")
         if self.steps_per_epoch is not None and (_not_int(self.steps_per_epoch) or self.steps_per_epoch < 1):
             bad("steps_per_epoch", "must be a positive integer or None")
         if self.batch_size < self.num_workers or self.batch_size % self.num_workers:

@@ -93,7 +93,8 @@ def make_tokenizer(config: TrialConfig, captions=None) -> TextTokenizer:
 
         if captions is None:
             captions = load_train_set(config)[0].captions
-        return tk.load_corpus_tokenizer(tk.build_corpus_tokenizer(cache_root(config), captions), config.context_length)
+        folder = tk.build_corpus_tokenizer(cache_root(config), captions, config.tokenizer_vocab)
+        return tk.load_corpus_tokenizer(folder, config.context_length)
     if kind == "openclip_bpe":
         return tk.openclip_bpe(name, config.context_length)
     tokenizer = _get_tokenizer(config, name)

@@ -20,7 +20,8 @@ The recipe of ``corpus``, and why:
   spaces, so plain BPE merges whole phrases of a caption into one piece as the vocabulary
   grows (vocabulary 1200: ``色的小菱形``); pruning those merges after training keeps CJK pieces
   at the size of words (``菱形``, ``小さな``, ``ひし形``) while Latin and Cyrillic words stay whole.
-* Vocabulary :data:`VOCAB_SIZE` (requested; the synthetic corpus fills ~1,400).
+* Vocabulary ``TrialConfig.tokenizer_vocab`` (requested; default :data:`VOCAB_SIZE`, of which
+  the synthetic corpus fills ~1,400; real text needs more, see ``benchmarks/tokenizers.py``).
 
 Special tokens: ``<pad>`` = 0, ``<unk>`` = 1, ``<bos>`` = 2, ``<eos>`` = 3; every caption is
 ``<bos> pieces <eos>`` padded with 0. The text tower pools the ``<eos>`` position
