@@ -20,7 +20,7 @@ from open_clip.loss import ClipLoss
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainables.loss import MAX_LOGIT_SCALE, clamp_logit_scale_, make_clip_loss, make_logit_scale, set_logit_scale_
+from trainables.loss import MAX_LOGIT_SCALE, clamp_logit_scale_, make_clip_loss, set_logit_scale_
 
 GLOBAL_BATCH, WORLD, IMG_DIM, TXT_DIM, EMBED = 8, 2, 6, 5, 4
 
@@ -33,7 +33,7 @@ class TwoTower(nn.Module):
         torch.manual_seed(1234)  # identical init in every process
         self.image = nn.Linear(IMG_DIM, EMBED)
         self.text = nn.Linear(TXT_DIM, EMBED)
-        self.logit_scale = make_logit_scale(0.5)  # moderate scale: gradients of all parts matter
+        self.logit_scale = set_logit_scale_(nn.Parameter(torch.zeros([])), 0.5)  # moderate: gradients of all parts matter
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor):
         return F.normalize(self.image(images), dim=-1), F.normalize(self.text(texts), dim=-1), self.logit_scale.exp()
@@ -119,18 +119,16 @@ def test_single_process_loss_matches_formula():
 
 
 def test_logit_scale_helpers():
-    param = make_logit_scale(0.07)
+    param = set_logit_scale_(nn.Parameter(torch.zeros([])), 0.07)
     assert param.requires_grad and param.shape == torch.Size([])
     assert param.exp().item() == pytest.approx(1 / 0.07)
-    assert not make_logit_scale(0.07, learnable=False).requires_grad
-    assert make_logit_scale(0.001).exp().item() == pytest.approx(MAX_LOGIT_SCALE)  # clamped at init
+    assert not set_logit_scale_(nn.Parameter(torch.zeros([])), 0.07, learnable=False).requires_grad
+    assert set_logit_scale_(nn.Parameter(torch.zeros([])), 0.001).exp().item() == pytest.approx(MAX_LOGIT_SCALE)
     with torch.no_grad():
         param.fill_(10.0)
     clamp_logit_scale_(param)
     assert param.item() == pytest.approx(math.log(MAX_LOGIT_SCALE))
     set_logit_scale_(param, 1.0, learnable=False)
     assert param.item() == 0.0 and not param.requires_grad
-    with pytest.raises(ValueError, match="temperature"):
-        make_logit_scale(0.0)
     with pytest.raises(ValueError, match="rank"):
         make_clip_loss(2, 2)

@@ -47,20 +47,10 @@ def make_clip_loss(rank: int = 0, world_size: int = 1) -> ClipLoss:
     return ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world_size)
 
 
-def make_logit_scale(temperature: float, learnable: bool = True) -> nn.Parameter:
-    """Scalar parameter holding ``log(1/temperature)`` (open_clip's convention).
-
-    The model uses ``param.exp()`` as the logit scale. The initial value is clamped to
-    ``log(MAX_LOGIT_SCALE)``; ``learnable=False`` freezes it (``requires_grad=False``).
-    """
-    param = nn.Parameter(torch.zeros([]), requires_grad=learnable)
-    return set_logit_scale_(param, temperature, learnable)
-
-
 def set_logit_scale_(param: nn.Parameter, temperature: float, learnable: bool = True) -> nn.Parameter:
-    """Re-initialise an existing logit-scale parameter (e.g. ``model.logit_scale``) in place."""
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature={temperature!r}: must be a positive finite number")
+    """Set a logit-scale parameter (e.g. ``model.logit_scale``, open_clip's ``log(1/temperature)``) in
+    place, clamped to ``log(MAX_LOGIT_SCALE)``; ``learnable=False`` freezes it. ``temperature`` is a
+    validated ``TrialConfig.temperature`` (positive, finite)."""
     with torch.no_grad():
         param.fill_(min(math.log(1.0 / temperature), math.log(MAX_LOGIT_SCALE)))
     param.requires_grad_(learnable)
@@ -73,4 +63,4 @@ def clamp_logit_scale_(param: torch.Tensor) -> None:
         param.clamp_(0.0, math.log(MAX_LOGIT_SCALE))
 
 
-__all__ = ["make_clip_loss", "make_logit_scale", "set_logit_scale_", "clamp_logit_scale_", "MAX_LOGIT_SCALE"]
+__all__ = ["make_clip_loss", "set_logit_scale_", "clamp_logit_scale_", "MAX_LOGIT_SCALE"]

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.config import ConfigError, TrialConfig
+from trainables.loss import set_logit_scale_
 from trainables.tokenizer import TextTokenizer
 
 TINY_NAME = "mlclip-tiny"
@@ -145,10 +146,8 @@ def build_model(config: TrialConfig, device: torch.device | str = "cpu",
     except Exception as err:  # open_clip raises many types for missing/offline weights
         what = f"{name}" + (f" with pretrained={config.pretrained!r}" if config.pretrained else "")
         raise ModelBuildError(f"cannot build model {what}: {type(err).__name__}: {err}") from err
-    if config.pretrained:  # a loaded checkpoint carries its own temperature: reset to the trial's
-        with torch.no_grad():
-            model.logit_scale.fill_(math.log(1.0 / config.temperature))
-    model.logit_scale.requires_grad_(config.learn_temperature)
+    # a loaded checkpoint carries its own temperature: every model starts from the trial's
+    set_logit_scale_(model.logit_scale, config.temperature, config.learn_temperature)
     _apply_locks(model, config)
     mean, std, size = _preprocess_stats(model)
     return ModelBundle(

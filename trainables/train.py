@@ -25,6 +25,7 @@ import torch
 
 from trainables.batches import cached_tokenize_set
 from trainables.config import TrialConfig
+from trainables.loss import clamp_logit_scale_
 from trainables.session import Session, UnsafeCheckpointError  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
@@ -154,8 +155,7 @@ def train_one_epoch(state: TrialState, data: Any, loss_fn, transform, config: Tr
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         state.optimizer.step()
         state.scheduler.step()
-        with torch.no_grad():  # open_clip clamps the logit scale at 100 (temperature >= 0.01)
-            _unwrap(model).logit_scale.clamp_(0, math.log(100))
+        clamp_logit_scale_(_unwrap(model).logit_scale)  # as open_clip: logit scale <= 100 (temperature >= 0.01)
         loss_sum += loss.detach().float()
         steps += 1
         if steps % check_every == 0:
