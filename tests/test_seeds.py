@@ -1,0 +1,80 @@
+"""Seeds repeated per Optuna proposal: the space's `search.seeds`, and the searcher that runs them."""
+
+import pytest
+
+from study.spaces import SpaceError, parse_space
+from study.tuning import SeedRepeater
+
+BASE = {"fixed": {"epochs": 1}, "params": {"ratio": {"type": "uniform", "low": 0.0, "high": 1.0}}}
+
+
+def space(**search):
+    return parse_space({"search": {"algorithm": "optuna", "num_samples": 2, **search}, **BASE}, name="s", source="x")
+
+
+def test_seeds_multiply_the_trials():
+    assert space(seeds=[0, 1, 2]).num_trials() == 6
+    assert space(seeds=[0, 1, 2]).num_trials(num_samples=4) == 12
+    assert space().num_trials() == 2
+
+
+@pytest.mark.parametrize("search, message", [
+    ({"seeds": [0, 0]}, "seeds must be distinct"),
+    ({"seeds": [0, -1]}, r"must be a list of integers in \[0, 2\*\*32 - 1\]"),
+    ({"seeds": [True]}, r"must be a list of integers in \[0, 2\*\*32 - 1\]"),
+    ({"seeds": []}, r"must be a list of integers in \[0, 2\*\*32 - 1\]"),
+    ({"seeds": [0, 1], "objectives": [{"metric": "map100/multilingual", "mode": "max"},
+                                      {"metric": "bias/multilingual", "mode": "min"}]}, "multi-objective"),
+])
+def test_bad_seeds_are_one_line(search, message):
+    with pytest.raises(SpaceError, match=message):
+        space(**search)
+
+
+def test_seeds_and_a_fixed_seed_clash():
+    data = {"search": {"algorithm": "optuna", "seeds": [0, 1]}, "fixed": {"seed": 3}, "params": BASE["params"]}
+    with pytest.raises(SpaceError, match="seed is also fixed or searched"):
+        parse_space(data, name="s", source="x")
+
+
+def _searcher(seeds=(0, 1, 2)):
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    inner = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2),
+                         points_to_evaluate=[{"ratio": 0.0}, {"ratio": 1.0}])
+    searcher = SeedRepeater(inner, seeds)
+    searcher.set_search_properties("m", "max", {"ratio": tune.uniform(0.0, 1.0)})
+    return searcher
+
+
+def test_each_proposal_runs_once_per_seed_and_optuna_learns_the_mean():
+    searcher = _searcher()
+    configs = [searcher.suggest(f"t{i}") for i in range(6)]
+    assert [c["seed"] for c in configs] == [0, 1, 2, 0, 1, 2]
+    assert [c["ratio"] for c in configs[:3]] == [0.0] * 3 and [c["ratio"] for c in configs[3:]] == [1.0] * 3
+    assert all("__trial_index__" not in c for c in configs)
+    for i, value in enumerate([0.1, 0.2, 0.6]):
+        searcher.on_trial_complete(f"t{i}", {"m": value})
+    trials = searcher.searcher._ot_study.trials
+    assert len(trials) == 2 and trials[0].value == pytest.approx(0.3)  # the mean of the three seeds
+
+
+def test_a_restored_searcher_still_groups_the_running_seeds(tmp_path):
+    """Tune's Repeater keeps only the inner searcher in its checkpoint; ours keeps the groups too,
+    so a resumed study reports each proposal's mean once all its seeds are done."""
+    searcher = _searcher()
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    searcher.on_trial_complete("t0", {"m": 0.1})
+    path = tmp_path / "searcher.pkl"
+    searcher.save(str(path))
+    restored = _searcher()
+    restored.restore(str(path))
+    restored.on_trial_complete("t1", {"m": 0.2})
+    restored.on_trial_complete("t2", {"m": 0.6})
+    trials = restored.searcher._ot_study.trials
+    assert trials[0].value == pytest.approx(0.3)
+    assert restored.suggest("t3") == {"ratio": 1.0, "seed": 0}
