@@ -57,3 +57,19 @@ def test_language_table():
     assert family_of("pl") == "slavic"
     assert languages_in("romance") == ("fr", "es", "it")
     assert len(LANGUAGES) == 11
+
+
+def test_every_field_is_described():
+    from dataclasses import fields
+
+    from trainables.config import FIELD_DOCS, describe_fields
+
+    assert set(FIELD_DOCS) == {f.name for f in fields(TrialConfig)}
+    rows = describe_fields()
+    assert rows[0][:3] == ("ratio", "float", "0.5") and all(row[3] for row in rows)
+
+
+@pytest.mark.parametrize("changes", [{"ratio": True}, {"batch_size": True}, {"lr": False}, {"epochs": 2.0}])
+def test_a_bool_or_float_is_not_an_integer_or_number_setting(changes):
+    with pytest.raises(ConfigError, match=list(changes)[0]):
+        TrialConfig(**changes)

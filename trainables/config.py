@@ -244,6 +244,61 @@ class TrialConfig:
         return TrialConfig.from_dict({**self.to_dict(), **changes})
 
 
+# One line per field: what it means (``python -m study.run --list-fields`` prints these).
+FIELD_DOCS: dict[str, str] = {
+    "ratio": "share of monolingual data in [0, 1] (the study's subject)",
+    "mode": "per_batch: a whole global step is monolingual with probability ratio; within_batch: "
+            "exactly round(ratio * batch_size) monolingual items per global batch",
+    "language_weighting": "uniform over the train languages, or size: proportional to their caption counts",
+    "train_languages": "languages the composer may draw (comma-separated); the others stay zero-shot",
+    "missing_caption_policy": "redraw: a sample without the drawn language gets one of its own (counted); error: fail",
+    "batch_size": "GLOBAL batch size, split evenly over num_workers",
+    "epochs": "epochs per trial",
+    "steps_per_epoch": "global steps per epoch (None: one pass over the train split)",
+    "lr": "AdamW peak learning rate (linear warm-up, then cosine decay to 0)",
+    "weight_decay": "AdamW weight decay (not on gains, biases or the logit scale)",
+    "warmup_steps": "steps of linear learning-rate warm-up",
+    "temperature": "initial softmax temperature tau (logit scale 1/tau, capped at 100)",
+    "learn_temperature": "whether the logit scale is trained",
+    "grad_clip": "gradient-norm clip (0: off)",
+    "seed": "seed of the model init and the batch composition",
+    "model": "tiny (offline random-init CLIP) or an open_clip model name",
+    "pretrained": "open_clip pretrained tag or a local checkpoint file (not for tiny)",
+    "tokenizer": "auto (tiny: corpus; others: the model's own), corpus (BPE trained on the training "
+                 "captions, languages balanced) or openclip_bpe (open_clip's English BPE); tiny only",
+    "tokenizer_vocab": "vocabulary the corpus tokenizer is trained to (at most); a real corpus needs ~16000",
+    "context_length": "text tokens per caption (None: just above the longest training caption; 77 for openclip_bpe)",
+    "lock_image": "freeze the image tower (LiT-style)",
+    "lock_text_layers": "freeze the token embeddings and this many lowest text layers",
+    "grad_checkpointing": "trade compute for memory in both towers",
+    "precision": "auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16",
+    "train_data": "synthetic, a JSONL manifest, or WebDataset shards (a .tar, brace pattern, glob or folder)",
+    "eval_data": "synthetic, or an XTD-layout folder (captions per language + image names)",
+    "images_dir": "folder of the images the train/eval data reference (default: beside the data)",
+    "allow_missing_images": "evaluate on the XTD images present instead of failing on missing ones",
+    "unreadable_image_policy": "skip (counted) or error on an image that does not decode",
+    "data_cache": "folder of generated data, tokenizers and tokenised sets (None: ~/.cache/mlclip-study)",
+    "synthetic_train_size": "synthetic training images",
+    "synthetic_test_size": "synthetic test images (the XTD-layout evaluation split)",
+    "image_size": "image side in pixels the data is decoded to",
+    "data_seed": "seed of the synthetic data generator",
+    "loader_workers": "DataLoader processes decoding a streamed train split",
+    "train_loading": "memory (decoded into RAM, epochs planned globally) or stream (shards read per rank)",
+    "hf_text_model": "an HF text tower (local folder or hub name) on the vision tower of model, random init",
+    "eval_k": "cut-off k of AP@k and the pools' top-k",
+    "eval_every": "evaluate every this many epochs (and always after the last)",
+    "num_workers": "Ray Train (DDP) workers of the trial",
+    "use_gpu": "train on one GPU per worker",
+}
+
+
+def describe_fields() -> list[tuple[str, str, str, str]]:
+    """``(name, type, default, description)`` of every TrialConfig field, in declaration order."""
+    default = TrialConfig()
+    return [(f.name, str(f.type).replace("typing.", ""), repr(getattr(default, f.name)), FIELD_DOCS[f.name])
+            for f in fields(TrialConfig)]
+
+
 def _pretrained_tags(model: str) -> list[str]:
     """open_clip's pretrained tags of ``model`` (empty when unknown)."""
     import open_clip
@@ -266,4 +321,4 @@ def _choice(cfg: TrialConfig, name: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be one of {', '.join(allowed)}")
 
 
-__all__ = ["TrialConfig", "ConfigError", "COMPOSER_MODES"]
+__all__ = ["TrialConfig", "ConfigError", "COMPOSER_MODES", "FIELD_DOCS", "describe_fields"]
