@@ -51,8 +51,16 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
     "wu100": ({"warmup_steps": 100}, {}),
     "s600": ({"steps": 600}, {}),
     "s1200": ({"steps": 1200}, {}),
+    "lr3e-4": ({"lr": 3e-4}, {}),
+    "lr5e-4-s600": ({"lr": 5e-4, "steps": 600}, {}),
+    "lr5e-4-s1200": ({"lr": 5e-4, "steps": 1200}, {}),
+    "wu200": ({"warmup_steps": 200}, {}),  # the chosen default (TrialConfig)
+    "wu200-s1200": ({"warmup_steps": 200, "steps": 1200}, {}),  # its stopping check: 1.5x the budget
+    "lr5e-4-wu100": ({"lr": 5e-4, "warmup_steps": 100}, {}),
+    "wu100-s600": ({"warmup_steps": 100, "steps": 600}, {}),
+    "wu100-s1200": ({"warmup_steps": 100, "steps": 1200}, {}),
 }
-BASE: dict[str, Any] = {"ratio": 0.5, "batch_size": 64, "steps": 800, "lr": 1e-3, "warmup_steps": 20,
+BASE: dict[str, Any] = {"ratio": 0.5, "batch_size": 64, "steps": 800, "lr": 1e-3, "warmup_steps": 20,  # before: see README
                         "synthetic_train_size": 4000, "synthetic_test_size": 500}
 KEYS = ("map100/multilingual", "map100/monolingual", "map100/crosslingual")
 
