@@ -46,7 +46,7 @@ then covers test-set noise only). A normal-theory interval built from standard e
 (rather than bootstrap percentiles) is what allows adding the two variance components.
 Differences between two ratios (:func:`paired_difference`) use the bootstrap of the
 difference under the same image resamples, Welch-style training variance var_a/n_a +
-var_b/n_b and df = n_a + n_b - 2 (at least 1). The best ratio's interval
+var_b/n_b and df = n_a + n_b - 2 (normal with one seed each). The best ratio's interval
 (:func:`best_ratios`) is the set of tried ratios whose difference to the best has an
 interval containing 0 (the plausible optimum set).
 """
@@ -367,7 +367,8 @@ def _difference(analysis: _Analysis, ratio_a: float, ratio_b: float, setting: st
     values_b, boot_b = analysis.cell(setting, family, ratio_b)
     diff = float(np.mean(values_a) - np.mean(values_b))
     var_train = sum(float(np.var(v, ddof=1)) / len(v) for v in (values_a, values_b) if len(v) >= 2)
-    df = max(len(values_a) + len(values_b) - 2, 1)
+    # No seed spread to estimate (one seed each): test-set noise alone, normal quantile, as answer_rows
+    df = len(values_a) + len(values_b) - 2 if len(values_a) + len(values_b) > 2 else None
     return (diff, *_interval(diff, _se(boot_a - boot_b), var_train, df, confidence))
 
 
@@ -379,7 +380,8 @@ def paired_difference(
 
     Test-set noise: the bootstrap of the difference under the same image resamples for
     both ratios (paired on the same queries); training noise: var_a/n_a + var_b/n_b of the
-    seed values (a ratio with one seed adds none); t quantile at df = n_a + n_b - 2 (>= 1).
+    seed values (a ratio with one seed adds none); t quantile at df = n_a + n_b - 2, or the
+    normal quantile when both have one seed (no training-noise estimate, as in answer_rows).
     Raises KeyError when either ratio has no value for that metric.
     """
     return _difference(_analyse(trials, n_resamples, seed), ratio_a, ratio_b, setting, family, confidence)
