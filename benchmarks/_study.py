@@ -81,9 +81,14 @@ def run_study(workdir: Path, space: Path, name: str, data_cache: str, *extra: st
 
 def trial_timeline(client: Any, run: Any) -> dict[str, Any]:
     """One child run's start/end and per-epoch (report timestamp, train seconds, eval seconds)."""
-    train = {m.step: m for m in client.get_metric_history(run.info.run_id, "train/epoch_time_s")}
-    evals = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "eval/time_s")}
-    samples = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/samples_per_s")}
+    from trainables.metric_names import logged_name  # child runs log the headlines under short names
+
+    def history(name: str) -> list:
+        return client.get_metric_history(run.info.run_id, logged_name(name))
+
+    train = {m.step: m for m in history("train/epoch_time_s")}
+    evals = {m.step: m.value for m in history("eval/time_s")}
+    samples = {m.step: m.value for m in history("train/samples_per_s")}
     epochs = [{"epoch": step, "reported": train[step].timestamp / 1000, "train_s": train[step].value,
                "eval_s": evals.get(step, 0.0), "samples_per_s": samples.get(step, float("nan"))}
               for step in sorted(train)]

@@ -6,7 +6,9 @@ both print the same table and write the same CSV and figure.
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from study.results import (
     table,
     write_csv,
 )
+from trainables.metric_names import SEARCHED_PARAMS
 
 CSV_NAME = "trials.csv"
 FIGURE_NAME = "map100_by_family_vs_ratio.png"
@@ -59,9 +62,46 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
-def mlflow_ui_command(tracking_uri: str) -> str:
-    """The command that opens the MLflow UI on this study's store, bound to localhost."""
-    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port 5000"
+UI_PORT = 5000
+# One server worker: MLflow's default of 4 kept dying on a 2-core machine; one serves a study's UI.
+UI_WORKERS = 1
+
+
+def mlflow_ui_command(tracking_uri: str, experiment_id: Optional[str] = None) -> str:
+    """The command that opens the MLflow UI on this study's store, bound to localhost, and with an
+    ``experiment_id`` the page to open (see :func:`mlflow_ui_url`)."""
+    command = (f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port {UI_PORT} "
+               f"--workers {UI_WORKERS}")
+    return f"{command}\n  then open {mlflow_ui_url(experiment_id)}" if experiment_id else command
+
+
+def mlflow_ui_url(experiment_id: str, base: str = f"http://127.0.0.1:{UI_PORT}") -> str:
+    """The experiment's runs table in MLflow 3's UI.
+
+    MLflow 3.17's UI picks an experiment's landing page from the browser's workflow type
+    (GenAI or machine learning: the sidebar switch, kept in the browser's local storage, GenAI by
+    default), not from the experiment (its ``mlflow.experimentKind`` tag is not consulted);
+    ``workflowType=machine_learning`` in the URL selects the runs view for this page.
+    """
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def exit_quietly(code: int) -> None:
+    """End the process with ``code`` once Python's exit handlers have run and output is flushed.
+
+    Skips the C++ static destructors of the native libraries: Ray's core and gRPC keep
+    background threads past ``ray.shutdown()``, and a thread that locks an absl Mutex after
+    exit destroyed it hits that Mutex's event-logging path, which prints
+    ``[mutex.cc : 452] RAW: Lock blocking / Lock returning / Unlock`` (absl's raw log has no
+    runtime switch, so no environment setting silences it).
+    """
+    atexit._run_exitfuncs()  # what a normal exit runs first: ray.shutdown, logging.shutdown, ...
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 @dataclass
@@ -110,7 +150,7 @@ def summarize(
 
 
 def _best_text(best: TrialRecord, metric: str, mode: str, extra_params: Sequence[str]) -> str:
-    keys = list(dict.fromkeys(["ratio", "temperature", "batch_size", "seed", *extra_params]))
+    keys = list(dict.fromkeys([*SEARCHED_PARAMS, *extra_params]))
     settings = ", ".join(f"{k}={best.params[k]}" for k in keys if k in best.params)
     extras = f"{TARGET_METRIC}={best.value(TARGET_METRIC):.4f}, {BIAS_METRIC}={best.value(BIAS_METRIC):.4f}"
     return f"Best trial ({metric}, {mode}): {best.trial_id}: {settings}\n  {extras}"

@@ -58,7 +58,7 @@ def run_study(state: StudyState, space: SearchSpace, args: Any) -> int:
         for warning in cluster_warnings(state, args.address):
             console.say(f"  warning:  {warning}")
         console.say(f"  parent:   MLflow experiment {state.name!r} ({state.experiment_id}), run {state.parent_run_id}")
-        console.say(f"  UI:       {console.mlflow_ui_command(state.tracking_uri)}\n")
+        console.say(f"  UI:       {console.mlflow_ui_command(state.tracking_uri, state.experiment_id)}\n")
         tuner = restore_tuner(state, capacity) if resumed and can_restore(state) else build_tuner(space, state, capacity, args.verbose)
         started = time.monotonic()
         results = fit_handling_signals(tuner)
@@ -146,7 +146,7 @@ def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, sec
     console.say(summary.text)
     log_summary(client, state.parent_run_id, summary.best, state.metric, summary.files, summary.markdown)
     close_parent_run(client, state.parent_run_id, "KILLED" if interrupted else "FINISHED")
-    console.say(f"\nMLflow UI: {console.mlflow_ui_command(state.tracking_uri)}")
+    console.say(f"\nMLflow UI: {console.mlflow_ui_command(state.tracking_uri, state.experiment_id)}")
     if interrupted:
         console.say(f"\nThe study is incomplete. Resume with:\n  {resume_command(state)}")
         return EXIT_INTERRUPTED

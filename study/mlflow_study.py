@@ -9,37 +9,46 @@ at the end (early-stopped, failed, interrupted), so no run is left RUNNING.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from study.results import COMPLETED, EARLY_STOPPED, FAILED, TrialRecord
 from study.state import StudyState, describe
+from trainables.metric_names import SEARCHED_PARAMS, definitions_markdown
 from trainables.tracking import (
     PER_QUERY_FILE,
     TAG_COMPLETED,
     TAG_EARLY_STOPPED,
-    TAG_PARENT,
     TAG_REASON,
     TAG_ROLE,
     TAG_STUDY,
     TAG_TRIAL_ID,
     TrackingError,
     TrackingInfo,
+    child_runs_of,
     client_for,
     end_trial_run,
     open_trial_run,
+    trial_run_name,
 )
+
+TAG_DESCRIPTION = "mlflow.note.content"  # MLflow's description of an experiment or run (rendered as markdown)
 
 
 def ensure_experiment(client: Any, name: str) -> str:
-    """The id of MLflow experiment ``name``, created (or restored from deleted) when needed."""
+    """The id of MLflow experiment ``name``, created (or restored from deleted) when needed, with
+    the metric definitions as its description (what a UI user reads first)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name)
-    if experiment.lifecycle_stage == "deleted":
-        client.restore_experiment(experiment.experiment_id)
-    return experiment.experiment_id
+        experiment_id = client.create_experiment(name)
+    else:
+        experiment_id = experiment.experiment_id
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment_id)
+    client.set_experiment_tag(experiment_id, TAG_DESCRIPTION, definitions_markdown())
+    return experiment_id
 
 
 def start_parent_run(client: Any, state: StudyState) -> str:
@@ -78,12 +87,7 @@ def child_runs(client: Any, state: StudyState) -> dict[str, Any]:
 
 def children_of(client: Any, experiment_id: str, parent_run_id: str) -> dict[str, Any]:
     """The child runs of ``parent_run_id`` by trial id."""
-    runs = client.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
-        max_results=10000,
-    )
-    return {r.data.tags.get(TAG_TRIAL_ID, r.info.run_id): r for r in runs}
+    return {r.data.tags.get(TAG_TRIAL_ID, r.info.run_id): r for r in child_runs_of(client, experiment_id, parent_run_id)}
 
 
 def trial_queries(client: Any, runs: dict[str, Any], records: Iterable[TrialRecord]) -> list:
@@ -137,7 +141,9 @@ def _record_failed_trial(client: Any, state: StudyState, record: TrialRecord) ->
     """A child run for a trial that failed before it could open one (so it is still listed)."""
     from trainables.config import ConfigError, TrialConfig
 
-    info = TrackingInfo(state.tracking_uri, state.experiment_id, state.parent_run_id, record.trial_id, f"trial-{record.trial_id}")
+    shown = {k: record.params[k] for k in SEARCHED_PARAMS if record.params.get(k) is not None}
+    info = TrackingInfo(state.tracking_uri, state.experiment_id, state.parent_run_id, record.trial_id,
+                        trial_run_name(record.trial_id, shown))
     try:
         config: Any = TrialConfig.from_dict(record.params)
     except ConfigError:
@@ -155,15 +161,15 @@ def log_summary(client: Any, run_id: str, best: Optional[TrialRecord], metric: s
     """Best config (tags, metric, JSON), the summary files as parent-run artifacts, and the answer's
     markdown as the parent run's description (MLflow renders it on the run page)."""
     if markdown:
-        client.set_tag(run_id, "mlflow.note.content", markdown)
+        client.set_tag(run_id, TAG_DESCRIPTION, markdown)
     if best is not None:
         shown = {k: v for k, v in best.params.items() if not isinstance(v, (list, tuple))}
         client.set_tag(run_id, "best.trial_id", best.trial_id)
-        for key in ("ratio", "temperature", "batch_size", "seed"):
+        for key in SEARCHED_PARAMS:
             if key in shown:
                 client.set_tag(run_id, f"best.{key}", str(shown[key]))
-        if metric in best.metrics:
-            client.log_metric(run_id, f"best/{metric}", float(best.metrics[metric]))
+        if math.isfinite(best.value(metric)):  # by either name: best.value resolves short names
+            client.log_metric(run_id, f"best/{metric}", best.value(metric))
     for path in files:
         if path and Path(path).is_file():
             client.log_artifact(run_id, str(path), artifact_path="summary")

@@ -16,9 +16,10 @@ from typing import Optional
 from study import console
 from study.mlflow_study import children_of, find_parent_run, trial_queries
 from study.results import records_from_mlflow
+from trainables.metric_names import SEARCHED_PARAMS, TARGET_METRIC
 from trainables.tracking import TrackingError, check_tracking_uri, client_for, resolve_tracking_uri
 
-DEFAULT_OBJECTIVES = [{"metric": "map100/multilingual", "mode": "max"}]
+DEFAULT_OBJECTIVES = [{"metric": TARGET_METRIC, "mode": "max"}]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per downloaded artifact
     uri = resolve_tracking_uri(args.tracking_uri)
     try:
         check_tracking_uri(uri)
@@ -63,13 +65,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     records = records_from_mlflow(client, experiment.experiment_id, parent.info.run_id)
     out = Path(args.output_dir or Path("study_results") / args.experiment / "report").resolve()
-    space_params = [k for k in ("ratio", "temperature", "batch_size") if any(k in r.params for r in records)]
+    space_params = [k for k in SEARCHED_PARAMS if k != "seed" and any(k in r.params for r in records)]
     queries = trial_queries(client, children_of(client, experiment.experiment_id, parent.info.run_id), records)
     summary = console.summarize(records, objectives_of(parent), out, f"{args.experiment}: mAP@100 per family vs ratio",
                                 space_params, queries)
     console.say(f"Study {args.experiment} (parent run {parent.info.run_id}, {parent.info.status}), {len(records)} trials:\n")
     console.say(summary.text)
-    console.say(f"\nMLflow UI: {console.mlflow_ui_command(uri)}")
+    console.say(f"\nMLflow UI: {console.mlflow_ui_command(uri, experiment.experiment_id)}")
     return 0
 
 

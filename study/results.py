@@ -13,27 +13,32 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from trainables.languages import FAMILIES
+from trainables.metric_names import (
+    BIAS_METRIC,
+    FAMILY_METRIC,
+    HEADLINES,
+    SEARCHED_PARAMS,
+    TARGET_METRIC,
+    source_name,
+    to_source_names,
+)
 from trainables.tracking import (
     TAG_COMPLETED,
     TAG_EARLY_STOPPED,
-    TAG_PARENT,
     TAG_REASON,
     TAG_ROLE,
     TAG_TRIAL_ID,
+    child_runs_of,
     clean_metrics,
+    last_logged_step,
 )
-
-FAMILY_METRIC = "map100/multilingual/family/{}"
-TARGET_METRIC = "map100/multilingual"
-BIAS_METRIC = "bias/multilingual"
-SHOWN_PARAMS = ("ratio", "temperature", "batch_size", "seed")
 
 COMPLETED, FAILED, EARLY_STOPPED, UNFINISHED = "completed", "failed", "early-stopped", "unfinished"
 
 
 @dataclass
 class TrialRecord:
-    """One trial: its settings, final metrics and outcome."""
+    """One trial: its settings, final metrics (under source names) and outcome."""
 
     trial_id: str
     status: str
@@ -43,8 +48,8 @@ class TrialRecord:
     reason: Optional[str] = None
 
     def value(self, metric: str) -> float:
-        """The final value of ``metric`` (NaN when missing)."""
-        return float(self.metrics.get(metric, math.nan))
+        """The final value of ``metric``, by source or by short logged name (NaN when missing)."""
+        return float(self.metrics.get(metric, self.metrics.get(source_name(metric), math.nan)))
 
 
 # ---------------------------------------------------------------------------
@@ -69,7 +74,7 @@ def records_from_results(results: Any, base_config: dict) -> list[TrialRecord]:
             status = UNFINISHED
         else:
             status = COMPLETED if done >= epochs else EARLY_STOPPED
-        records.append(TrialRecord(trial_id, status, params, clean_metrics(metrics), done, reason))
+        records.append(TrialRecord(trial_id, status, params, clean_metrics(to_source_names(metrics)), done, reason))
     return sort_records(records)
 
 
@@ -91,30 +96,22 @@ def _trial_id_from_path(path: Optional[str]) -> str:
 
 
 def records_from_mlflow(client: Any, experiment_id: str, parent_run_id: str) -> list[TrialRecord]:
-    """Records from the child runs of a study's parent run (nothing but MLflow needed)."""
-    runs = client.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
-        max_results=10000,
-    )
+    """Records from the child runs of a study's parent run (nothing but MLflow needed).
+
+    The runs' short headline names are mapped back to source names; the numeric copies of the
+    searched parameters are left out (the params hold them)."""
     records = []
-    for run in runs:
+    for run in child_runs_of(client, experiment_id, parent_run_id):
         tags, data = run.data.tags, run.data
         if tags.get(TAG_ROLE) not in (None, "trial"):
             continue
-        epochs_done = _last_step(client, run)
+        epochs_done = max(last_logged_step(client, run), 0)
         status = _status_from_run(run.info.status, tags, epochs_done, _param(data.params.get("epochs")))
         params = {k: _param(v) for k, v in data.params.items()}
+        metrics = {k: v for k, v in to_source_names(data.metrics).items() if k not in SEARCHED_PARAMS}
         trial_id = tags.get(TAG_TRIAL_ID, run.info.run_id)
-        records.append(TrialRecord(trial_id, status, params, dict(data.metrics), epochs_done, tags.get(TAG_REASON)))
+        records.append(TrialRecord(trial_id, status, params, metrics, epochs_done, tags.get(TAG_REASON)))
     return sort_records(records)
-
-
-def _last_step(client: Any, run: Any) -> int:
-    if TARGET_METRIC in run.data.metrics:
-        history = client.get_metric_history(run.info.run_id, TARGET_METRIC)
-        return max((m.step for m in history), default=0)
-    return 0
 
 
 def _status_from_run(mlflow_status: str, tags: dict, epochs_done: int, epochs: Any) -> str:
@@ -189,7 +186,7 @@ def pareto_front(records: Sequence[TrialRecord], objectives: Sequence[dict]) -> 
 # ---------------------------------------------------------------------------
 def table(records: Sequence[TrialRecord], extra_params: Sequence[str] = ()) -> tuple[list[str], list[list[str]]]:
     """Headers and rows: settings, mAP@100 per family, multilingual mAP@100, bias, status."""
-    shown = list(dict.fromkeys(list(SHOWN_PARAMS) + list(extra_params)))
+    shown = list(dict.fromkeys(list(SEARCHED_PARAMS) + list(extra_params)))
     if len({r.params.get("seed") for r in records}) <= 1:
         shown.remove("seed")
     headers = ["trial", *shown, *FAMILIES, "multilingual", "bias", "status"]
@@ -211,16 +208,28 @@ def _fmt(value: Any) -> str:
 
 
 def write_csv(records: Sequence[TrialRecord], path: Path) -> Path:
-    """All trials, every param and final metric, one row each."""
-    params = sorted({k for r in records for k in r.params})
-    metrics = sorted({k for r in records for k in r.metrics})
+    """All trials, every param and final metric, one row each.
+
+    Columns: trial id, the searched parameters, the headline metrics under their short MLflow
+    names (in the registry's order), status; then everything else (other params, other metrics
+    under source names, sorted), so the columns a reader compares come first.
+    """
+    all_params = {k for r in records for k in r.params}
+    all_metrics = {k for r in records for k in r.metrics}
+    searched = [p for p in SEARCHED_PARAMS if p in all_params]
+    headlines = [h for h in HEADLINES if h.source in all_metrics]
+    params = sorted(all_params - set(searched))
+    metrics = sorted(all_metrics - {h.source for h in headlines})
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
-        writer.writerow(["trial_id", "status", "reason", "epochs_done", *params, *metrics])
+        writer.writerow(["trial_id", *searched, *(h.logged for h in headlines), "status", "reason", "epochs_done",
+                         *params, *metrics])
         for r in records:
             writer.writerow(
-                [r.trial_id, r.status, r.reason or "", r.epochs_done]
+                [r.trial_id, *(_csv_value(r.params.get(p)) for p in searched)]
+                + [_csv_value(r.metrics.get(h.source)) for h in headlines]
+                + [r.status, r.reason or "", r.epochs_done]
                 + [_csv_value(r.params.get(p)) for p in params]
                 + [_csv_value(r.metrics.get(m)) for m in metrics]
             )

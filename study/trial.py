@@ -22,12 +22,15 @@ from typing import Any, Callable, Mapping, Optional
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from trainables.metric_names import SEARCHED_PARAMS, source_name, to_source_names, with_logged_aliases
 from trainables.tracking import (
     TAG_COMPLETED,
     TrackingInfo,
     client_for,
     end_trial_run,
+    last_logged_step,
     open_trial_run,
+    trial_run_name,
 )
 
 DEFAULT_TRIAL_FN = "trainables.driver:fit_trial"
@@ -53,10 +56,12 @@ class TrialContext:
 class OrderedTuneReportCallback(TuneReportCallback):
     """``TuneReportCallback`` that forwards only results carrying the objectives, key metrics first.
 
-    An epoch without evaluation (``eval_every`` > 1) has no objective; Tune, its searcher and
-    its scheduler require the objective in every result, so such epochs are not forwarded
-    (Ray Train still checkpoints them). Tune's progress table shows the first few metrics
-    of a result: the objectives and the loss come first.
+    Each headline metric is forwarded under its short MLflow name too
+    (:func:`~trainables.metric_names.with_logged_aliases`), so an objective or a progress
+    column may use either name. An epoch without evaluation (``eval_every`` > 1) has no
+    objective; Tune, its searcher and its scheduler require the objective in every result, so
+    such epochs are not forwarded (Ray Train still checkpoints them). Tune's progress table
+    shows the first few metrics of a result: the objectives, bias and the loss come first.
     """
 
     def __init__(self, first: tuple = (), required: tuple = ()):
@@ -65,9 +70,12 @@ class OrderedTuneReportCallback(TuneReportCallback):
         self._required = tuple(required)
 
     def after_report(self, run_context, metrics, checkpoint):  # noqa: D102 - see base class
-        if not metrics or any(m not in metrics[0] for m in self._required):
+        if not metrics:
             return
-        metrics = [order_metrics(metrics[0], self._first), *metrics[1:]]
+        first = with_logged_aliases(metrics[0])
+        if any(m not in first for m in self._required):
+            return
+        metrics = [order_metrics(first, self._first), *metrics[1:]]
         super().after_report(run_context, metrics, checkpoint)
 
 
@@ -124,7 +132,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         experiment_id=ctx.experiment_id,
         parent_run_id=ctx.parent_run_id,
         trial_id=trial_id,
-        run_name=f"trial-{trial_id}",
+        run_name=trial_run_name(trial_id, config),
+        keep_metrics=tuple(ctx.objectives),
     )
     client = client_for(ctx.tracking_uri)
     trial_config = TrialConfig.from_dict({**ctx.base_config, **config})
@@ -162,22 +171,22 @@ def check_final_metrics(result: Any, objectives: tuple) -> None:
     metrics = getattr(result, "metrics", result)
     if not isinstance(metrics, Mapping):
         return  # nothing to check against
-    missing = [m for m in objectives if m not in metrics]
+    missing = [m for m in objectives if m not in metrics and source_name(m) not in metrics]
     if missing:
         known = ", ".join(sorted(k for k in metrics if k.startswith(("map", "bias")))[:8])
         raise MissingObjective(f"the trial reported no {', '.join(missing)} (it reports e.g. {known})")
 
 
 def _replay_completed(client, run_id: str, ctx: TrialContext) -> None:
-    """Report a completed trial's final metrics (from MLflow) to Tune instead of re-training it."""
+    """Report a completed trial's final metrics (from MLflow) to Tune instead of re-training it.
+
+    MLflow holds the headlines under their short names: they are reported under both names, as
+    live trials report them (see :class:`OrderedTuneReportCallback`)."""
     import ray.tune
 
     run = client.get_run(run_id)
-    metrics = dict(run.data.metrics)
-    keys = sorted(metrics)
-    epoch = 0
-    if keys:
-        epoch = max((m.step for m in client.get_metric_history(run_id, keys[0])), default=0)
-    ray.tune.report(order_metrics({**metrics, "epoch": float(epoch)}, ctx.metrics_first))
+    metrics = {k: v for k, v in to_source_names(run.data.metrics).items() if k not in SEARCHED_PARAMS}
+    epoch = max(last_logged_step(client, run), 0)
+    ray.tune.report(order_metrics({**with_logged_aliases(metrics), "epoch": float(epoch)}, ctx.metrics_first))
     if run.info.status == "RUNNING":
         client.set_terminated(run_id, status="FINISHED")

@@ -25,9 +25,11 @@ from study.cluster import Capacity, driver_resources
 from study.spaces import SearchSpace
 from study.state import StudyState, join
 from study.trial import TrialContext, run_trial
+from trainables.metric_names import BIAS_METRIC, FAMILY_METRIC, LOSS_METRIC, logged_name
 
-# Shown first in Tune's progress table (it shows the first few metrics of a result).
-_TABLE_METRICS = ("map100/multilingual", "bias/multilingual", "train/loss")
+# Shown first in Tune's progress table (it shows the first few metrics of a result), under the
+# short names the MLflow UI shows too (the trials forward both names: study.trial).
+_TABLE_METRICS = tuple(logged_name(m) for m in (BIAS_METRIC, LOSS_METRIC))
 
 
 def trial_dirname(trial: Any) -> str:
@@ -40,7 +42,7 @@ def trial_context(state: StudyState) -> TrialContext:
     resources = {"CPU": state.cpus_per_worker}
     if state.gpus_per_worker:
         resources["GPU"] = state.gpus_per_worker
-    first = tuple(dict.fromkeys([o["metric"] for o in state.objectives] + list(_TABLE_METRICS)))
+    first = tuple(dict.fromkeys([logged_name(o["metric"]) for o in state.objectives] + list(_TABLE_METRICS)))
     return TrialContext(
         study_name=state.name,
         base_config=dict(state.base_config),
@@ -68,11 +70,12 @@ def build_trainable(state: StudyState, capacity: Capacity) -> Any:
 
 
 def progress_metrics(first: tuple) -> list[str]:
-    """The metrics of a trial's result box: objectives, loss, composition, mAP@100 per family."""
+    """The metrics of a trial's result box: objectives, bias, loss, composition, mAP@100 per family
+    (short names: ``multi/sinitic``)."""
     from trainables.languages import FAMILIES
 
-    families = [f"map100/multilingual/family/{f}" for f in FAMILIES]
-    return list(dict.fromkeys(["epoch", *first, "composition/mono_share", *families]))
+    families = [logged_name(FAMILY_METRIC.format(f)) for f in FAMILIES]
+    return list(dict.fromkeys(["epoch", *first, logged_name("composition/mono_share"), *families]))
 
 
 class SeedRepeater(Repeater):

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from trainables.config import TrialConfig
+from trainables.metric_names import TARGET_METRIC, logged_name
 from trainables.tracking import (
     TAG_COMPLETED,
     TAG_PARENT,
@@ -493,7 +494,7 @@ def test_finished_trials_are_not_trained_again(scenario):
         killed_at = scenario.sigterm_at if trial_id in scenario.completed_before_sigterm else scenario.sigkill_at
         run = scenario.final["children"][trial_id][0]
         assert run.info.status == "FINISHED"
-        history = client.get_metric_history(run.info.run_id, "map100/multilingual")
+        history = client.get_metric_history(run.info.run_id, logged_name(TARGET_METRIC))
         assert [m.step for m in history] == [1, 2] and max(m.timestamp for m in history) / 1000 < killed_at
         # no trainer was built for it again: its Ray Train run folder was last written before the kill
         written = [p.stat().st_mtime for p in (experiment / "train_runs" / f"trial_{trial_id}").rglob("*")]

@@ -15,6 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from trainables.config import TrialConfig
+
 from study import run as study_run
 from study.cluster import (
     DRIVER_RESOURCE,
@@ -143,7 +145,7 @@ def test_base_config_layers_defaults_space_and_flags(here):
     assert "ratio" not in base  # searched: Tune supplies it
     assert base["epochs"] == 2 and base["seed"] == 7 and base["lr"] == pytest.approx(1e-3) and base["num_workers"] == 2
     assert base["eval_data"] == str(here / "xtd")  # relative data paths become absolute
-    assert base["synthetic_train_size"] == space.fixed["synthetic_train_size"]
+    assert base["mode"] == space.fixed["mode"] and base["synthetic_train_size"] == TrialConfig().synthetic_train_size
 
 
 def test_seed_flag_does_not_override_a_searched_seed(here):

@@ -22,7 +22,17 @@ from pathlib import Path
 import pytest
 
 from trainables.languages import FAMILIES
-from trainables.tracking import TAG_COMPLETED, TAG_PARENT, TAG_REASON, TAG_ROLE, TAG_TRIAL_ID, client_for
+from trainables.metric_names import FAMILY_METRIC, MAX_LOGGED_METRICS, TARGET_METRIC, logged_name
+from trainables.tracking import (
+    FULL_METRICS_FILE,
+    PER_QUERY_FILE,
+    TAG_COMPLETED,
+    TAG_PARENT,
+    TAG_REASON,
+    TAG_ROLE,
+    TAG_TRIAL_ID,
+    client_for,
+)
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 600
@@ -82,15 +92,22 @@ def test_smoke_study_on_the_real_trial(tmp_path, data_cache):
         last = json.loads((trial_dir / "result.json").read_text().strip().splitlines()[-1])
         assert 0.0 <= last["map100/multilingual"] <= 1.0
 
-    # MLflow: a parent run with two child runs, each with per-family metrics and every param
+    # MLflow: a parent run with two child runs, each with the headlines (per family too), the
+    # searched ratio as a number, every set param, and the full breakdown beside the per-query file
     client, parent, children = _store(tmp_path, "e2e")
     assert parent.info.status == "FINISHED" and len(children) == 2
     assert len({c.data.tags[TAG_TRIAL_ID] for c in children}) == 2
     for child in children:
         assert child.info.status == "FINISHED" and child.data.tags.get(TAG_COMPLETED) == "true"
-        assert all(f"map100/multilingual/family/{f}" in child.data.metrics for f in FAMILIES)
+        assert all(logged_name(FAMILY_METRIC.format(f)) in child.data.metrics for f in FAMILIES)
+        assert len(child.data.metrics) <= MAX_LOGGED_METRICS
+        assert child.data.metrics["ratio"] == float(child.data.params["ratio"])
         assert {"ratio", "temperature", "batch_size", "epochs", "seed"} <= set(child.data.params)
+        assert "None" not in child.data.params.values()
         assert not any("@" in key or key in ("epoch", "pid", "timestamp") for key in child.data.metrics)
+        assert {FULL_METRICS_FILE, PER_QUERY_FILE} <= {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert "mutex.cc" not in done.stderr and "RAW:" not in done.stderr  # no native debug lines at exit
+    assert "Downloading artifacts" not in done.stderr
 
     # the artifacts exist, in the output folder and on the parent run
     out = tmp_path / "study_results" / "e2e"
@@ -167,7 +184,7 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path):
     assert all(c.info.status == "FINISHED" for c in children)
     assert len(list((tmp_path / "ray_results" / "res").glob("trial_*"))) == 3
     for child in children:
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "map100/multilingual")]
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, logged_name(TARGET_METRIC))]
         assert steps == [1, 2, 3]
 
 

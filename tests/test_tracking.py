@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from trainables.config import TrialConfig
+from trainables.metric_names import MAX_LOGGED_METRICS
 from trainables.tracking import (
+    FULL_METRICS_FILE,
     TAG_PARENT,
     TAG_REASON,
     TAG_TRIAL_ID,
@@ -21,10 +23,14 @@ from trainables.tracking import (
     check_tracking_uri,
     clean_metrics,
     client_for,
+    config_params,
     find_trial_run,
+    last_logged_step,
     mlflow_metric_key,
     prepare_store,
+    read_full_metrics,
     resolve_tracking_uri,
+    trial_run_name,
 )
 
 
@@ -182,39 +188,92 @@ def test_no_tracking_info_means_no_op():
     assert not run.active
 
 
-def test_a_trial_run_is_a_nested_child_with_every_param(store):
-    config = TrialConfig(ratio=0.25)
+def _full_rows(store, run_id, tmp_path):
+    return read_full_metrics(client_for(store[0]).download_artifacts(run_id, FULL_METRICS_FILE, str(tmp_path)))
+
+
+def test_a_trial_run_is_a_nested_child_with_headlines_and_the_full_breakdown(store, tmp_path):
+    config = TrialConfig(ratio=0.25, seed=3)
     run = TrialRun(_info(store, "t1"), config)
-    run.log_epoch({"map100/multilingual": 0.4, "epoch": 1.0}, epoch=1)
-    run.log_epoch({"map100/multilingual": 0.5}, epoch=2)
+    run.log_epoch({"map100/multilingual": 0.4, "map100/crosslingual/pair/en-de": 0.3, "epoch": 1.0}, epoch=1)
+    run.log_epoch({"map100/multilingual": 0.5, "map100/crosslingual/pair/en-de": 0.35}, epoch=2)
     run.finish()
     got = client_for(store[0]).get_run(run.run_id)
     assert got.info.status == "FINISHED"
     assert got.data.tags[TAG_PARENT] == store[2] and got.data.tags[TAG_TRIAL_ID] == "t1"
     assert got.info.run_name == "trial-t1"
-    assert set(got.data.params) == set(config.to_dict())
-    assert got.data.params["ratio"] == "0.25"
-    assert got.data.metrics == {"map100/multilingual": 0.5}
-    history = client_for(store[0]).get_metric_history(run.run_id, "map100/multilingual")
+    # every set field is a param; unset ones (None) are left out, never "None"
+    unset = {k for k, v in config.to_dict().items() if v is None}
+    assert unset and set(got.data.params) == set(config.to_dict()) - unset
+    assert "None" not in got.data.params.values() and got.data.params["ratio"] == "0.25"
+    # the headline under its short name, the searched parameters as numbers; the pair only in the artifact
+    assert got.data.metrics == {"multi": 0.5, "ratio": 0.25, "temperature": 0.07, "batch_size": 64.0, "seed": 3.0}
+    history = client_for(store[0]).get_metric_history(run.run_id, "multi")
     assert [m.step for m in history] == [1, 2]
+    assert _full_rows(store, run.run_id, tmp_path) == [
+        (1, "map100/crosslingual/pair/en-de", 0.3), (1, "map100/multilingual", 0.4),
+        (2, "map100/crosslingual/pair/en-de", 0.35), (2, "map100/multilingual", 0.5),
+    ]
 
 
-def test_a_restarted_trial_reattaches_instead_of_duplicating(store):
+def test_run_names_carry_the_searched_values():
+    assert trial_run_name("9925bc90", {"ratio": 0.020334471624930517, "seed": 1}) == "r=0.02 s=1 · 9925bc90"
+    assert trial_run_name("ab", {"seed": 2, "temperature": 0.0712, "ratio": 1.0, "batch_size": 64}) == (
+        "r=1 t=0.071 b=64 s=2 · ab")
+    assert trial_run_name("ab", {}) == "trial ab"
+    assert "None" not in config_params({"pretrained": None, "ratio": 0.5}).values()
+
+
+def test_a_restarted_trial_reattaches_instead_of_duplicating(store, tmp_path):
     config = TrialConfig(ratio=0.75)
     first = TrialRun(_info(store, "t2"), config)
-    first.log_epoch({"m": 1.0}, epoch=1)
-    first.log_epoch({"m": 2.0}, epoch=2)
+    first.log_epoch({"train/loss": 1.0}, epoch=1)
+    first.log_epoch({"train/loss": 2.0}, epoch=2)
     # the worker group dies; a restarted one resumes from the epoch-1 checkpoint
     second = TrialRun(_info(store, "t2"), config)
     assert second.run_id == first.run_id
-    second.log_epoch({"m": 2.5}, epoch=2)  # already logged: skipped
-    second.log_epoch({"m": 3.0}, epoch=3)
+    second.log_epoch({"train/loss": 2.5}, epoch=2)  # already logged: skipped
+    second.log_epoch({"train/loss": 3.0}, epoch=3)
     second.finish()
     client = client_for(store[0])
     runs = client.search_runs([store[1]], filter_string=f"tags.`{TAG_TRIAL_ID}` = 't2'")
     assert len(runs) == 1
-    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "m")] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    history = client.get_metric_history(first.run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert [row[0] for row in _full_rows(store, first.run_id, tmp_path)] == [1, 2, 3]  # the file continued, once each
     assert find_trial_run(client, _info(store, "t2")).info.run_id == first.run_id
+
+
+def test_the_last_logged_epoch_counts_epochs_without_evaluation(store):
+    """Regression: the alphabetically first metric (bias) exists only on evaluated epochs."""
+    run = TrialRun(_info(store, "t4"), TrialConfig(ratio=0.5, eval_every=2))
+    run.log_epoch({"train/loss": 3.0}, epoch=1)
+    run.log_epoch({"train/loss": 2.0, "bias/multilingual": 9.0}, epoch=2)
+    run.log_epoch({"train/loss": 1.0}, epoch=3)
+    client = client_for(store[0])
+    assert last_logged_step(client, client.get_run(run.run_id)) == 3
+    again = TrialRun(_info(store, "t4"), TrialConfig(ratio=0.5, eval_every=2))
+    again.log_epoch({"train/loss": 1.5}, epoch=3)  # a restart re-running epoch 3: not logged twice
+    assert [m.step for m in client.get_metric_history(run.run_id, "train/loss")] == [1, 2, 3]
+
+
+def test_a_real_epoch_logs_at_most_the_headline_count(store, tmp_path):
+    """A full evaluation (~600 metrics for 11 languages) reaches MLflow as the headlines only."""
+    import torch
+
+    from trainables.evaluate import evaluate_embeddings
+    from trainables.languages import LANGUAGES
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(30, 8, generator=gen)
+    metrics = evaluate_embeddings(images, {lang: images + torch.randn(30, 8, generator=gen) for lang in LANGUAGES})
+    metrics.update({"train/loss": 2.0, "train/samples_per_s": 50.0, "composition/mono_share": 0.5})
+    run = TrialRun(_info(store, "t5"), TrialConfig(ratio=0.5))
+    run.log_epoch(metrics, epoch=1)
+    got = client_for(store[0]).get_run(run.run_id).data.metrics
+    assert len(metrics) > 500 and 40 <= len(got) <= MAX_LOGGED_METRICS
+    assert got["multi/sinitic"] == pytest.approx(metrics["map100/multilingual/family/sinitic"])
+    assert len(_full_rows(store, run.run_id, tmp_path)) == len(clean_metrics(metrics))
 
 
 def test_a_failed_trial_ends_failed_with_its_reason(store):
@@ -251,7 +310,7 @@ def tune_stub(monkeypatch):
 def fit_ok(config, *, tracking, **kwargs):
     run = TrialRun(tracking, config)
     for epoch in (1, 2):
-        run.log_epoch({"m": epoch * config.ratio}, epoch)
+        run.log_epoch({"map100/multilingual": epoch * config.ratio, "train/loss": 3.0 - epoch}, epoch)
     run.finish()
 
 
@@ -273,9 +332,13 @@ def test_run_trial_marks_success_and_replays_instead_of_retraining(store, tune_s
     client = client_for(store[0])
     got = find_trial_run(client, _info(store, "ok1"))
     assert got.info.status == "FINISHED" and got.data.tags["mlclip.completed"] == "true"
+    assert got.info.run_name == "r=0.5 · ok1"
     # Tune restarts the trial (its state predates the trial's end): no training, metrics re-reported
+    # under the names a live trial reports (source names and the short aliases), without the params
     run_trial({"ratio": 0.5}, _context(store, "tests.test_tracking:fit_boom"))
-    assert tune_stub.reports == [{"m": 1.0, "epoch": 2.0}]
+    assert tune_stub.reports == [
+        {"map100/multilingual": 1.0, "train/loss": 1.0, "multi": 1.0, "epoch": 2.0},
+    ]
     assert client.get_run(got.info.run_id).info.status == "FINISHED"
 
 

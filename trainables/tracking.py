@@ -1,5 +1,16 @@
 """MLflow tracking of a study: one child run per trial under the study's parent run.
 
+Layout of a child run (names: :mod:`trainables.metric_names`):
+
+* run name ``r=0.02 s=1 · 9925bc90`` (the searched values, then the Tune trial id), tags
+  ``mlflow.parentRunId`` and ``mlclip.trial_id`` (restarts find the run by the tag, never the name);
+* params: every set trial-config field (unset ones are left out, never ``"None"``);
+* metrics: the ~45 headlines under short names, step = epoch, and the searched parameters
+  (``ratio``, ``temperature``, ``batch_size``, ``seed``) as numbers at step 0, so the UI can sort,
+  filter (``metrics.ratio < 0.1``) and plot them;
+* artifacts: ``metrics_full.csv`` (every metric of every epoch, long format: step, name, value,
+  under the source names of :mod:`trainables.evaluate`) and ``per_query_ap.npz``.
+
 Only rank 0 of a trial writes, through :class:`TrialRun`. A trial that restarts (a worker
 group restored by Ray Train, or a trial resumed by ``--resume``) re-attaches to its run,
 found by the ``mlclip.trial_id`` tag under the parent, so there is never a second run per
@@ -20,6 +31,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+from trainables import metric_names as names
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3.x's own default
 
 # Tags (MLflow's own nesting tag plus the project's).
@@ -35,6 +48,8 @@ TAG_EARLY_STOPPED = "mlclip.early_stopped"
 
 # The trial's per-query AP@100 of its final evaluation (an artifact of its child run; study.answer reads it).
 PER_QUERY_FILE = "per_query_ap.npz"
+# Every metric of every logged epoch, long format (step, name, value): the breakdown beside the headlines.
+FULL_METRICS_FILE = "metrics_full.csv"
 
 # Never logged as metrics: bookkeeping, not measurements.
 JUNK_KEYS = frozenset(
@@ -63,6 +78,27 @@ class TrackingInfo:
     parent_run_id: str
     trial_id: str
     run_name: str
+    keep_metrics: tuple = ()  # objectives: logged even when they are no headline (study.report needs them)
+
+
+def trial_run_name(trial_id: str, searched: Mapping[str, Any]) -> str:
+    """A child run's name: the searched values, then the trial id: ``r=0.02 s=1 · 9925bc90``.
+
+    Searched parameters come in :data:`~trainables.metric_names.SEARCHED_PARAMS` order, then the
+    others; numbers get 2 significant digits (the exact values are params and metrics).
+    """
+    others = sorted(k for k in searched if k not in names.SEARCHED_PARAMS)
+    order = [k for k in names.SEARCHED_PARAMS if k in searched] + others
+    parts = [f"{names.PARAM_ABBREVIATIONS.get(k, k)}={_short(searched[k])}" for k in order]
+    return " ".join(parts + ["·", trial_id]) if parts else f"trial {trial_id}"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 # ---------------------------------------------------------------------------
@@ -206,12 +242,28 @@ def clean_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def config_params(config: Any) -> dict[str, str]:
-    """Every TrialConfig field as an MLflow param string (lists joined with commas)."""
+    """Every set TrialConfig field as an MLflow param string (lists joined with commas); fields that
+    are None are left out (a ``"None"`` string would only break numeric comparisons in the UI)."""
     values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     out = {}
     for key, value in values.items():
+        if value is None:
+            continue
         text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
         out[key] = text[:MAX_PARAM_LENGTH]
+    return out
+
+
+def param_metrics(config: Any) -> dict[str, float]:
+    """The searched parameters (:data:`~trainables.metric_names.SEARCHED_PARAMS`) that ``config``
+    holds as real numbers, for logging as MLflow metrics: params are strings in MLflow, so only a
+    metric sorts, filters and plots numerically."""
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    out = {}
+    for key in names.SEARCHED_PARAMS:
+        value = values.get(key)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+            out[key] = float(value)
     return out
 
 
@@ -230,6 +282,15 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def child_runs_of(client, experiment_id: str, parent_run_id: str) -> list:
+    """Every child run of ``parent_run_id`` (the one search for a study's trials)."""
+    return client.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+        max_results=10000,
+    )
+
+
 def find_trial_run(client, info: TrackingInfo):
     """The child run of ``info.trial_id`` under the parent run, or None."""
     runs = client.search_runs(
@@ -242,7 +303,8 @@ def find_trial_run(client, info: TrackingInfo):
 
 
 def open_trial_run(client, info: TrackingInfo, config: Any):
-    """Find or create the trial's child run, set it RUNNING, log missing params. Returns the Run."""
+    """Find or create the trial's child run, set it RUNNING, log missing params and the numeric
+    searched parameters. Returns the Run."""
     run = find_trial_run(client, info)
     if run is None:
         tags = {TAG_PARENT: info.parent_run_id, TAG_ROLE: "trial", TAG_TRIAL_ID: info.trial_id}
@@ -252,7 +314,17 @@ def open_trial_run(client, info: TrackingInfo, config: Any):
         if run.info.status != "RUNNING":
             client.update_run(run.info.run_id, status="RUNNING")
     _log_missing_params(client, run, config)
+    _log_param_metrics(client, run, config)
     return run
+
+
+def _log_param_metrics(client, run, config: Any) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    missing = [Metric(k, v, now, 0) for k, v in param_metrics(config).items() if k not in run.data.metrics]
+    if missing:
+        client.log_batch(run.info.run_id, metrics=missing)
 
 
 def _clear_stale_reason(client, run) -> None:
@@ -277,12 +349,17 @@ def _log_missing_params(client, run, config: Any) -> None:
 
 
 def last_logged_step(client, run) -> int:
-    """Highest step logged in ``run`` (-1 when none): a restarted trial does not log it again."""
-    keys = sorted(run.data.metrics)
+    """Highest epoch logged in ``run`` (-1 when none): a restarted trial does not log it again.
+
+    Read from the loss, which every epoch logs (evaluation metrics exist only on evaluated epochs,
+    and the numeric searched parameters sit at step 0); a run without it falls back to the
+    alphabetically first of its other metrics.
+    """
+    loss = names.logged_name(names.LOSS_METRIC)
+    keys = [loss] if loss in run.data.metrics else sorted(k for k in run.data.metrics if k not in names.SEARCHED_PARAMS)
     if not keys:
         return -1
-    history = client.get_metric_history(run.info.run_id, keys[0])
-    return max((m.step for m in history), default=-1)
+    return max((m.step for m in client.get_metric_history(run.info.run_id, keys[0])), default=-1)
 
 
 def end_trial_run(client, run_id: str, status: str, reason: Optional[str] = None) -> None:
@@ -296,9 +373,10 @@ class TrialRun:
     """The MLflow child run of one trial, written by rank 0 only; a no-op when ``info`` is None.
 
     Starts the trial's run, or re-attaches to it when the trial restarts, so a trial never
-    has two runs. Logs every config field as a param once, tags ``mlflow.parentRunId``, and
-    logs per-epoch metrics with the epoch as step (an epoch already logged by an earlier
-    attempt is not logged twice).
+    has two runs. Logs every set config field as a param once, tags ``mlflow.parentRunId``,
+    and logs per-epoch metrics with the epoch as step: the headlines as MLflow metrics, every
+    metric into :data:`FULL_METRICS_FILE` (an epoch already logged by an earlier attempt is not
+    logged twice).
     """
 
     def __init__(self, info: Optional[TrackingInfo], config: Any):
@@ -315,6 +393,7 @@ class TrialRun:
             raise TrackingError(f"cannot open the MLflow run of trial {info.trial_id}: {_one_line(err)}") from err
         self.run_id = run.info.run_id
         self._last_step = last_logged_step(self._client, run)
+        self._full_rows = self._logged_rows() if self._last_step >= 0 else []
 
     @property
     def active(self) -> bool:
@@ -322,16 +401,48 @@ class TrialRun:
         return self._client is not None and self.run_id is not None
 
     def log_epoch(self, metrics: Mapping[str, Any], epoch: int) -> None:
-        """Log the finite float metrics of ``epoch`` (the step); junk and non-finite values are dropped."""
+        """Log the finite float metrics of ``epoch`` (the step); junk and non-finite values are dropped.
+
+        The headlines (and the objectives, :attr:`TrackingInfo.keep_metrics`) become MLflow metrics
+        under their short names; all of them go into :data:`FULL_METRICS_FILE` under their source names.
+        """
         if not self.active or epoch <= self._last_step:
             return
         from mlflow.entities import Metric
 
+        values = clean_metrics(metrics)
         now = int(time.time() * 1000)
-        batch = [Metric(k, v, now, int(epoch)) for k, v in clean_metrics(metrics).items()]
-        for start in range(0, len(batch), 500):
-            self._client.log_batch(self.run_id, metrics=batch[start : start + 500])
+        shown = clean_metrics(names.headline_metrics(values, keep=self.info.keep_metrics))
+        batch = [Metric(k, v, now, int(epoch)) for k, v in shown.items()]
+        if batch:
+            self._client.log_batch(self.run_id, metrics=batch)  # ~50: one batch (MLflow takes up to 1000)
+        self._full_rows += [(int(epoch), k, v) for k, v in sorted(values.items())]
+        self._log_full_metrics()
         self._last_step = int(epoch)
+
+    def _log_full_metrics(self) -> None:
+        """(Re)write :data:`FULL_METRICS_FILE` with every row so far: one small file, readable with pandas."""
+        import csv
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / FULL_METRICS_FILE
+            with path.open("w", newline="", encoding="utf-8") as out:
+                writer = csv.writer(out)
+                writer.writerow(["step", "name", "value"])
+                writer.writerows((step, name, repr(value)) for step, name, value in self._full_rows)
+            self._client.log_artifact(self.run_id, str(path))
+
+    def _logged_rows(self) -> list[tuple[int, str, float]]:
+        """The rows an earlier attempt of this trial wrote (a restarted trial continues the file)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                path = self._client.download_artifacts(self.run_id, FULL_METRICS_FILE, folder)
+            except Exception:  # noqa: BLE001 - no such artifact yet
+                return []
+            return [(step, name, value) for step, name, value in read_full_metrics(path) if step <= self._last_step]
 
     def log_per_query(self, arrays: Mapping[str, Any]) -> None:
         """Save the final evaluation's per-query AP arrays as the run's artifact :data:`PER_QUERY_FILE`
@@ -355,8 +466,20 @@ class TrialRun:
         self._client = None
 
 
+def read_full_metrics(path: Any) -> list[tuple[int, str, float]]:
+    """The rows (step, source name, value) of a :data:`FULL_METRICS_FILE`."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [(int(row["step"]), row["name"], float(row["value"])) for row in csv.DictReader(f)]
+
+
 __all__ = [
     "TrackingInfo",
+    "trial_run_name",
+    "child_runs_of",
+    "read_full_metrics",
+    "FULL_METRICS_FILE",
     "TrialRun",
     "TrackingError",
     "resolve_tracking_uri",

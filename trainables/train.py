@@ -136,13 +136,17 @@ def train_one_epoch(state: TrialState, data: Any, loss_fn, transform, config: Tr
 
     The loss is accumulated on the device and read back only every ``check_every``
     steps, so a GPU never waits on the host each step; a non-finite loss is caught
-    at the next read and stops the trial before it is checkpointed.
+    at the next read and stops the trial before it is checkpointed. Rank 0 shows the
+    step, loss, throughput and ETA every few seconds (:mod:`trainables.progress`).
     """
+    from trainables.progress import epoch_progress
+
     model, device = state.model, session.device
     model.train()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if _use_bf16(config, device) else nullcontext())
     loss_sum = torch.zeros((), device=device)
     steps, check_every, t0, cpu0 = 0, 25, time.perf_counter(), time.process_time()
+    progress = epoch_progress(config, state.epoch, state.composer.num_steps(state.epoch), session.rank)
     for step, images, tokens in data.epoch_batches(state.composer, state.epoch):
         images = transform(images.to(device, non_blocking=True))
         tokens = tokens.to(device, non_blocking=True)
@@ -160,6 +164,8 @@ def train_one_epoch(state: TrialState, data: Any, loss_fn, transform, config: Tr
         steps += 1
         if steps % check_every == 0:
             _check_finite(loss_sum, state.epoch + 1, step)
+        progress.update(steps, loss_sum)
+    progress.close()
     _check_finite(loss_sum, state.epoch + 1, "end")
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     samples = steps * config.batch_size  # global samples: every rank ran the same number of steps

@@ -1,0 +1,36 @@
+"""The console's UI hints and its quiet process exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from study.console import mlflow_ui_command, mlflow_ui_url
+
+
+def test_the_ui_command_holds_on_two_cores_and_names_the_runs_page():
+    command = mlflow_ui_command("sqlite:////x/mlflow.db")
+    assert "--workers 1" in command and "--host 127.0.0.1" in command and "\n" not in command
+    with_page = mlflow_ui_command("sqlite:////x/mlflow.db", "7")
+    assert with_page.startswith(command) and mlflow_ui_url("7") in with_page
+    assert mlflow_ui_url("7") == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+
+
+EXITING = textwrap.dedent("""
+    import atexit, sys
+    from study.console import exit_quietly
+    atexit.register(lambda: open(sys.argv[1], "w").write("ran"))
+    print("last words", end="")
+    sys.stderr.write("warning kept")
+    exit_quietly(3)
+    print("never")
+""")
+
+
+def test_a_quiet_exit_runs_the_exit_handlers_flushes_and_keeps_the_code(tmp_path):
+    marker = tmp_path / "atexit.txt"
+    done = subprocess.run([sys.executable, "-c", EXITING, str(marker)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3
+    assert done.stdout == "last words" and done.stderr == "warning kept"
+    assert marker.read_text() == "ran"
