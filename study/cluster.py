@@ -13,15 +13,21 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Iterator, Optional
 
+from study.lock import FileLock, Held, describe, holder_record
 from trainables.driver import HEALTH_CHECK_INTERVAL_S
 
 DRIVER_RESOURCE = "mlclip_trial_driver"
 DRIVER_SLOTS = 1000  # "unlimited": the concurrency plan, not this resource, bounds trials
 FALLBACK_DRIVER_CPU = 0.01
+# Held by the study that runs this machine's local Ray cluster (see local_cluster_slot).
+LOCAL_CLUSTER_LOCK = "mlclip-study-local-ray.lock"
 
 # Environment for the driver process and every Ray worker (setdefault: the user's values win).
 RAY_ENV_DEFAULTS = {
@@ -35,6 +41,9 @@ RAY_ENV_DEFAULTS = {
     # controller and workers log at the job's WARNING level (see start_ray).
     "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",
     "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING": "0",
+    # MLflow draws a tqdm bar on stderr for every artifact download (the study fetches each
+    # trial's per-query file); read at each download, so setting it here is early enough.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 
@@ -78,6 +87,59 @@ def local_cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
         return os.cpu_count() or 1
+
+
+def running_ray_instances() -> list[str]:
+    """GCS addresses of the Ray instances running on this machine (Ray's own process scan)."""
+    try:
+        from ray._private import services
+
+        services.find_gcs_addresses.cache_clear()
+        return sorted(services.find_gcs_addresses())
+    except Exception:  # noqa: BLE001 - a private Ray API: without it there is no check, as before
+        return []
+
+
+def one_cluster_command() -> str:
+    """How to start one long-lived local cluster that several studies attach to."""
+    return f"ray start --head --resources='{{\"{DRIVER_RESOURCE}\": {DRIVER_SLOTS}}}'"
+
+
+@contextmanager
+def local_cluster_slot(study: str) -> Iterator[None]:
+    """Hold this machine's one local-cluster slot while ``study`` runs its own Ray cluster.
+
+    Two local Ray clusters on one machine break each other: Ray Train's placement-group
+    cleaner finds two instances and fails (``Found multiple active Ray instances``), and each
+    cluster counts the same CPUs as its own. So a study that would start a local cluster
+    refuses (ClusterError, before Ray starts) while another study holds the slot (a flock in
+    the temp folder, dropped by the kernel however that study ends) or while any other Ray
+    instance runs here; the message names ``--address``.
+    """
+    lock: Optional[FileLock] = FileLock(Path(tempfile.gettempdir()) / LOCAL_CLUSTER_LOCK, holder_record(study=study))
+    try:
+        lock.acquire()
+    except Held as held:
+        other = (held.record or {}).get("study", "?")
+        raise ClusterError(
+            f"another study ({other!r}, {describe(held.record)}) runs a local Ray cluster on this machine, and two "
+            f"local clusters break each other's Ray Train clean-up; wait for it to end, or run both on one cluster: "
+            f"{one_cluster_command()}, then --address auto for each study"
+        ) from None
+    except OSError:
+        lock = None  # a temp folder this user cannot lock in: the process scan below still checks
+    try:
+        others = running_ray_instances()
+        if others:
+            raise ClusterError(
+                f"a Ray instance already runs on this machine (GCS at {', '.join(others)}), and a second local "
+                f"cluster beside it breaks Ray Train's clean-up; attach to it with --address {others[0]}, "
+                "or stop it first"
+            )
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def start_ray(address: Optional[str], num_cpus: Optional[int], env: dict[str, str]) -> None:

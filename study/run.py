@@ -5,7 +5,10 @@ MLflow records a parent run for the study and a child run per trial. With no fla
 the embedded default, ``--space ratio_only``, on a local Ray cluster. See ``--help``.
 
 Everything that can be checked before Ray starts is checked first (space, storage, tracking
-URI, resources), each failure giving one ``error:`` line and exit code 2.
+URI, resources, data, metric names; see :mod:`study.preflight`), each failure giving one
+``error:`` line and exit code 2, with nothing created. A study then runs holding its lock
+(:mod:`study.lock`: one driver per study) and, on a local cluster, the machine's one
+local-cluster slot (:func:`study.cluster.local_cluster_slot`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,18 @@ import yaml
 
 from study import console
 from study.cluster import ClusterError, check_trial_fits, local_capacity
+from study.lock import LockError
+from study.preflight import (
+    PreflightError,
+    check_data_cache,
+    check_eval_folder,
+    check_metric,
+    check_name_length,
+    check_output_dir,
+    check_resource,
+    check_seed,
+    eval_ks,
+)
 from study.spaces import (
     SearchSpace,
     SpaceError,
@@ -65,7 +80,26 @@ class StudyError(RuntimeError):
     """Bad input for the study. One-line message."""
 
 
-BAD_INPUT = (StudyError, SpaceError, ConfigError, StorageError, TrackingError, ClusterError)
+BAD_INPUT = (StudyError, SpaceError, ConfigError, StorageError, TrackingError, ClusterError, PreflightError, LockError)
+# Flags whose empty value would silently mean the default (``--space ''`` ran the default space).
+_NOT_EMPTY = {
+    "space": "space name", "name": "study name", "storage_path": "storage path", "tracking_uri": "tracking URI",
+    "output_dir": "output folder", "metric": "metric name", "train_data": "data path", "eval_data": "data path",
+    "images_dir": "folder", "trial_fn": "trial function",
+}
+
+
+# Control characters (every one str.splitlines() breaks on among them) as their escapes: an
+# error stays one line, and a NUL or ESC in a user's value reaches the terminal as text.
+_CONTROLS = {ord(c): repr(c)[1:-1] for c in map(chr, [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029])}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (``error: MESSAGE``, exit 2) instead of usage + message."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        console.error(one_line(f"{message} (see --help)"))
+        raise SystemExit(EXIT_BAD_INPUT)
 
 
 # ---------------------------------------------------------------------------
@@ -73,12 +107,13 @@ BAD_INPUT = (StudyError, SpaceError, ConfigError, StorageError, TrackingError, C
 # ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The ``study.run`` argument parser (defaults None: 'not given' is distinguishable)."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m study.run",
         description="Run a Ray Tune + Optuna study of the mixed-batch multilingual CLIP trial, tracked in MLflow.",
     )
     p.add_argument("--space", help=f"search space: a name from search_spaces/ or a .yaml file (default {DEFAULT_SPACE}); see --list-spaces")
     p.add_argument("--list-spaces", action="store_true", help="list the available spaces and exit")
+    p.add_argument("--list-fields", action="store_true", help="list the trial-config fields (--set KEY=VALUE) and exit")
     p.add_argument("--num-samples", type=int, help="number of trials (Optuna spaces) or repeats of the whole grid (grid spaces); default from the space")
     p.add_argument("--max-concurrent", type=int, help="most trials at once (default: as many as the cluster holds)")
     p.add_argument("--workers-per-trial", type=int, help="Ray Train (DDP) workers per trial (default from the space, else 1)")
@@ -109,27 +144,87 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a malformed flag (one error line already printed)
+        return int(done.code or 0)
     _quiet_libraries()
     if args.list_spaces:
         from search_spaces import available_spaces
 
         console.say("\n".join(available_spaces()))
         return EXIT_OK
+    if args.list_fields:
+        from trainables.config import describe_fields
+
+        rows = describe_fields()
+        widths = [max(len(r[i]) for r in rows) for i in range(2)]
+        console.say("\n".join(f"{n:<{widths[0]}}  {t:<{widths[1]}}  default {d}\n    {m}" for n, t, d, m in rows))
+        return EXIT_OK
     try:
+        check_flag_text(args)
         state, space = prepare_resume(args) if args.resume else prepare_new(args)
         if args.dry_run:
-            console.say(plan_text(state, space) + "\n(dry run: nothing started)")
+            console.say(plan_text(state, space))
+            for note in start_notes(state, args):
+                console.say(f"  note:     {note}")
+            console.say("(dry run: nothing started)")
             return EXIT_OK
-        from study.execute import run_study
-
-        return run_study(state, space, args)
+        return run_held(state, space, args)
     except BAD_INPUT as err:
-        console.error(str(err))
+        console.error(one_line(str(err)))
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         console.say("\nInterrupted before the study started; nothing to resume.")
         return EXIT_INTERRUPTED
+
+
+def one_line(message: str) -> str:
+    """``message`` with the control characters a user's value may carry (a path, a --set value) escaped."""
+    return message.translate(_CONTROLS)
+
+
+def check_flag_text(args: argparse.Namespace) -> None:
+    """No flag value holds a NUL (no path or name can); an empty value is refused, not read as 'not given'."""
+    for flag, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and "\x00" in text:
+                raise StudyError(f"--{flag.replace('_', '-')} {text!r}: holds a NUL character")
+    for flag, what in _NOT_EMPTY.items():
+        value = getattr(args, flag, None)
+        if isinstance(value, str) and not value.strip():
+            raise StudyError(f"--{flag.replace('_', '-')} {value!r}: empty {what}; give one, or leave the flag out")
+
+
+def run_held(state: StudyState, space: SearchSpace, args: argparse.Namespace) -> int:
+    """Run the prepared study holding its lock and, without --address, the machine's local-cluster slot."""
+    from contextlib import nullcontext
+
+    from study.cluster import local_cluster_slot
+    from study.execute import run_study
+    from study.lock import hold_study
+
+    with hold_study(state.storage_path, state.name, say=console.say):
+        if not args.resume and experiment_exists(state.storage_path, state.name):
+            raise _exists_error(state.name, state.storage_path)  # started by another driver since the check
+        with local_cluster_slot(state.name) if not args.address else nullcontext():
+            return run_study(state, space, args)
+
+
+def start_notes(state: StudyState, args: argparse.Namespace) -> list[str]:
+    """What would refuse a start right now, though the input is fine (for --dry-run)."""
+    from study.cluster import running_ray_instances
+    from study.lock import describe, study_holder
+
+    notes = []
+    holder = study_holder(state.storage_path, state.name)
+    if holder is not None:
+        notes.append(f"study {state.name!r} is being run by {describe(holder)}; a start now would be refused")
+    others = [] if args.address else running_ray_instances()
+    if others:
+        notes.append(f"a Ray instance already runs on this machine ({', '.join(others)}); without --address "
+                     "a start now would be refused")
+    return notes
 
 
 def _quiet_libraries() -> None:
@@ -148,26 +243,33 @@ def _quiet_libraries() -> None:
 # A new study
 # ---------------------------------------------------------------------------
 def prepare_new(args: argparse.Namespace) -> tuple[StudyState, SearchSpace]:
-    """Check every input of a new study (no Ray yet) and build its state."""
+    """Check every input of a new study (no Ray yet, nothing created) and build its state."""
+    check_seed(args.seed)
+    cpw = check_resource("cpus-per-worker", args.cpus_per_worker, 1.0)
+    gpw = check_resource("gpus-per-worker", args.gpus_per_worker, 0.0)
     space = _checked_search(load_space(args.space or DEFAULT_SPACE), args)
     objectives = study_objectives(space, args)
     base = base_config(space, args)
     check_fixed_settings(space, base)
     validate_space(space, base)
+    where = "--metric" if args.metric else f"space {space.name!r}"
+    for objective in objectives:
+        check_metric(objective.metric, eval_ks(base, space), where)
+    if not args.address:  # on a cluster the data lives on the workers' file system, not here
+        check_local_data(base)
     name = study_name(args.name or space.name)
     storage = resolve_storage_path(args.storage_path or DEFAULT_STORAGE)
     check_writable(storage)
     if experiment_exists(storage, name):
-        raise StudyError(
-            f"study {name!r} already exists in {storage}; continue it with --resume --name {name}, "
-            "or start another with --name"
-        )
+        raise _exists_error(name, storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(tracking_uri)
     trial_fn = check_trial_fn(args.trial_fn or DEFAULT_TRIAL_FN)
-    workers, cpw, gpw = base["num_workers"], _resource(args.cpus_per_worker, 1.0), _resource(args.gpus_per_worker, 0.0)
+    workers = base["num_workers"]
     if not args.address:
         check_trial_fits(local_capacity(args.num_cpus), workers, cpw, gpw)
+    output_dir = _output_dir(args.output_dir, name)
+    check_output_dir(output_dir)  # written at the end: a bad one used to fail the study after every trial trained
     return StudyState(
         name=name,
         storage_path=storage,
@@ -185,8 +287,21 @@ def prepare_new(args: argparse.Namespace) -> tuple[StudyState, SearchSpace]:
         max_failures=args.max_failures if args.max_failures is not None else 1,
         trial_fn=trial_fn,
         tracking_uri=tracking_uri,
-        output_dir=_output_dir(args.output_dir, name),
+        output_dir=output_dir,
     ), space
+
+
+def _exists_error(name: str, storage: str) -> StudyError:
+    return StudyError(
+        f"study {name!r} already exists in {storage}; continue it with --resume --name {name}, "
+        "or start another with --name"
+    )
+
+
+def check_local_data(base: dict) -> None:
+    """Local data the trials will read or write: the XTD folder's structure, the data cache."""
+    check_eval_folder(base)
+    check_data_cache(base)
 
 
 def _checked_search(space: SearchSpace, args: argparse.Namespace) -> SearchSpace:
@@ -199,14 +314,6 @@ def _checked_search(space: SearchSpace, args: argparse.Namespace) -> SearchSpace
     return space
 
 
-def _resource(value: Optional[float], default: float) -> float:
-    if value is None:
-        return default
-    if value < 0:
-        raise StudyError(f"resources per worker must be >= 0, got {value}")
-    return float(value)
-
-
 def _output_dir(value: Optional[str], name: str) -> str:
     return str(Path(value or Path(DEFAULT_OUTPUT_ROOT) / name).expanduser().resolve())
 
@@ -215,6 +322,7 @@ def study_name(name: str) -> str:
     """A study name usable as a folder and an MLflow experiment name."""
     if not _NAME.match(name):
         raise StudyError(f"study name {name!r}: use letters, digits, '_', '-', '.' (starting with a letter or digit)")
+    check_name_length(name)
     return name
 
 
@@ -280,6 +388,10 @@ def check_data_paths_exist(base: dict) -> None:
         elif not os.path.exists(train):
             raise StudyError(f"--train-data {train}: no such file, folder or shard pattern")
     except (ConfigError, DataError) as err:
+        raise StudyError(f"--train-data {train}: {err}") from None
+    except OSError as err:  # e.g. a name too long for the file system
+        raise StudyError(f"--train-data {train}: {err.strerror or err}") from None
+    except ValueError as err:  # braceexpand's unbalanced braces, which the trial would meet too
         raise StudyError(f"--train-data {train}: {err}") from None
 
 
@@ -352,6 +464,10 @@ def prepare_resume(args: argparse.Namespace) -> tuple[StudyState, SearchSpace]:
     check_tracking_uri(state.tracking_uri)
     if args.output_dir:
         state.output_dir = _output_dir(args.output_dir, name)
+    check_output_dir(state.output_dir)
+    if not args.address:  # the data may have moved or broken since the study started
+        check_data_paths_exist(state.base_config)
+        check_local_data(state.base_config)
     ignored = [f"--{f.replace('_', '-')}" for f in _STUDY_FLAGS if getattr(args, f, None) not in (None, [])]
     ignored = [f for f in ignored if f != "--space" or args.name]
     if ignored:
@@ -398,4 +514,4 @@ def resume_command(state: StudyState) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console.exit_quietly(main())  # not sys.exit: native exit-time noise, see console.exit_quietly

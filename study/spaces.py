@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from search_spaces import available_spaces, space_file
-from trainables.config import ConfigError, TrialConfig
+from trainables.config import MAX_SEED, ConfigError, TrialConfig
 
 ALGORITHMS = ("optuna", "grid")
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
@@ -233,6 +233,8 @@ def _contained(key: str, value: Any, folder: Path, where: str) -> Any:
     if not _is_path_value(key, value):
         return value
     flag = _FLAG_FOR.get(key, f"--set {key}=...")
+    if "\x00" in value:  # YAML's "\0": no path holds one (and resolve() would raise on it)
+        raise SpaceError(f"{where}={value!r}: a path cannot hold a NUL character")
     if value.startswith("~") or Path(value).is_absolute():
         raise SpaceError(f"{where}={value!r}: a space file may only name paths inside its own folder "
                          f"{folder}; give this one on the command line ({flag})")
@@ -310,8 +312,8 @@ def _parse_seeds(value: Any, algorithm: str, n_objectives: int, fixed: dict, par
     if "seed" in fixed or any(p.name == "seed" for p in params):
         raise SpaceError(f"{at}: seed is also fixed or searched; give it in one place")
     if (not isinstance(value, list) or not value
-            or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in value)):
-        raise SpaceError(f"{at}={value!r}: must be a list of non-negative integers")
+            or any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= MAX_SEED for x in value)):
+        raise SpaceError(f"{at}={value!r}: must be a list of integers in [0, 2**32 - 1]")
     if len(set(value)) != len(value):
         raise SpaceError(f"{at}={value!r}: seeds must be distinct")
     return tuple(value)
@@ -454,26 +456,27 @@ def build_trial_config(base: dict, params: dict) -> TrialConfig:
     """The trial config: ``base`` (defaults + fixed + CLI) updated by the sampled ``params``.
 
     The model name and ``pretrained`` tag are checked against open_clip's registry too (no
-    download), so a study refuses an unknown model before it starts, instead of failing
-    every trial on it.
+    download), and the image size and context length against the model's config, so a study
+    refuses them before it starts, instead of failing every trial on them.
     """
     config = TrialConfig.from_dict({**base, **params})
     _check_model(config)
     return config
 
 
-_MODELS_CHECKED: set = set()
+_MODELS_CHECKED: dict = {}  # (model, pretrained) -> open_clip model name
 
 
 def _check_model(config: TrialConfig) -> None:
-    """ConfigError when open_clip does not know ``config.model`` or its ``pretrained`` tag (cached)."""
-    key = (config.model, config.pretrained)
-    if key in _MODELS_CHECKED:
-        return
+    """ConfigError when open_clip does not know ``config.model`` or its ``pretrained`` tag (cached),
+    or when the model cannot take ``config``'s image size or context length."""
+    from study.preflight import check_model_limits
     from trainables.model import resolve_model_name
 
-    resolve_model_name(config)
-    _MODELS_CHECKED.add(key)
+    key = (config.model, config.pretrained)
+    if key not in _MODELS_CHECKED:
+        _MODELS_CHECKED[key] = resolve_model_name(config)
+    check_model_limits(config, _MODELS_CHECKED[key])
 
 
 def validation_points(space: SearchSpace, n_samples: int = 64, seed: int = 0) -> list[dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -110,14 +111,17 @@ def _fs(path: str):
 
 
 def check_writable(storage_path: str) -> None:
-    """Create ``storage_path`` if needed and write/delete a probe file; StorageError otherwise."""
-    probe = join(storage_path, f".write_probe_{uuid.uuid4().hex[:8]}")
+    """StorageError unless ``storage_path`` can be written; creates nothing that stays.
+
+    A local path that does not exist yet is not created here (a refused study leaves no
+    folder behind): the deepest part of it that exists must be a folder that takes a new
+    entry. A URI is probed with a small object, deleted at once.
+    """
     try:
         if not is_uri(storage_path):
-            os.makedirs(storage_path, exist_ok=True)
-            Path(probe).write_text("ok")
-            Path(probe).unlink()
+            check_folder_writable(Path(storage_path))
             return
+        probe = join(storage_path, f".write_probe_{uuid.uuid4().hex[:8]}")
         fs, fs_path = _fs(storage_path)
         fs.create_dir(fs_path, recursive=True)
         fs_probe = _fs(probe)[1]
@@ -127,6 +131,35 @@ def check_writable(storage_path: str) -> None:
     except Exception as err:  # noqa: BLE001 - any failure: not writable, say why
         reason = " ".join(str(err).split()) or type(err).__name__
         raise StorageError(f"storage path {storage_path} is not writable: {reason}") from None
+
+
+def check_folder_writable(path: Path) -> None:
+    """OSError unless folder ``path`` exists and takes a new entry, or could be created; nothing stays.
+
+    Every existing part of ``path`` must be a folder. The deepest existing one is probed by
+    making and removing a temporary folder in it: ``os.access`` answers yes to root even
+    where ``mkdir`` fails (under ``/proc``, on a read-only bind mount).
+    """
+    probe_in = Path(path)
+    while not _exists(probe_in):
+        if probe_in.is_symlink():
+            raise NotADirectoryError(f"{probe_in} is a broken symbolic link")
+        if probe_in.parent == probe_in:
+            break
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise NotADirectoryError(f"{probe_in} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write_probe_", dir=probe_in))
+    except OSError as err:
+        raise OSError(f"cannot create a folder in {probe_in} ({err.strerror or type(err).__name__})") from None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. no permission to look: treat as there, and let the probe say why
+        return True
 
 
 def state_path(storage_path: str, name: str) -> str:
@@ -171,14 +204,23 @@ def load_state(storage_path: str, name: str) -> Optional[StudyState]:
 
 
 def experiment_exists(storage_path: str, name: str) -> bool:
-    """Whether a Tune experiment (or study state) already lives at ``<storage>/<name>``."""
+    """Whether a Tune experiment (or study state) already lives at ``<storage>/<name>``.
+
+    A study's lock file alone (:mod:`study.lock`: left by a driver killed before it saved
+    anything, or held by the driver asking) is not a study.
+    """
+    from study.lock import LEASE_FILE, LOCK_FILE
+
     folder = join(storage_path, name)
     if not is_uri(folder):
-        return Path(folder).is_dir() and any(Path(folder).iterdir())
+        return Path(folder).is_dir() and any(p.name not in (LOCK_FILE, LEASE_FILE) for p in Path(folder).iterdir())
     import pyarrow.fs
 
     fs, fs_path = _fs(folder)
-    return fs.get_file_info(fs_path).type != pyarrow.fs.FileType.NotFound
+    if fs.get_file_info(fs_path).type == pyarrow.fs.FileType.NotFound:
+        return False
+    entries = fs.get_file_info(pyarrow.fs.FileSelector(fs_path, allow_not_found=True))
+    return any(e.base_name not in (LOCK_FILE, LEASE_FILE) for e in entries)
 
 
 def describe(state: StudyState) -> dict[str, Any]:

@@ -13,13 +13,14 @@ The Tune experiment, including the pickled searcher, lives in ``<storage>/<name>
 
 from __future__ import annotations
 
+import base64
+import json
 import os
-import pickle
 import tempfile
 from typing import Any
 
 from ray.tune.search import Repeater
-from ray.tune.search.repeater import TRIAL_INDEX
+from ray.tune.search.repeater import TRIAL_INDEX, _TrialGroup
 
 from study.cluster import Capacity, driver_resources
 from study.spaces import SearchSpace
@@ -102,19 +103,33 @@ class SeedRepeater(Repeater):
             inner = os.path.join(folder, "inner.pkl")
             self.searcher.save(inner)
             with open(inner, "rb") as f:
-                blob = f.read()
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"repeater": self.get_state(), "inner": blob}, f)
+                blob = base64.b64encode(f.read()).decode("ascii")
+        groups = [{"primary": g.primary_trial_id, "config": g.config, "trials": g._trials, "max": g.max_trials}
+                  for g in self._groups]
+        index = {id(g): i for i, g in enumerate(self._groups)}
+        state = {"groups": groups, "inner": blob, "seeds": list(self.seeds),
+                 "trials": {t: index[id(g)] for t, g in self._trial_id_to_group.items()},
+                 "current": index.get(id(self._current_group))}
+        with open(checkpoint_path, "w", encoding="utf-8") as f:
+            json.dump(state, f)  # plain data: a resumed study never unpickles a file of ours
 
     def restore(self, checkpoint_path: str) -> None:  # noqa: D102 - see Searcher
-        with open(checkpoint_path, "rb") as f:
-            saved = pickle.load(f)  # the study's own state file, written by save() above
+        with open(checkpoint_path, encoding="utf-8") as f:
+            state = json.load(f)
         with tempfile.TemporaryDirectory() as folder:
             inner = os.path.join(folder, "inner.pkl")
             with open(inner, "wb") as f:
-                f.write(saved["inner"])
-            self.searcher.restore(inner)
-        self.set_state(saved["repeater"])
+                f.write(base64.b64decode(state["inner"]))
+            self.searcher.restore(inner)  # the inner searcher's own format (Tune restores it the same way)
+        self._groups = []
+        for g in state["groups"]:
+            group = _TrialGroup(g["primary"], g["config"], max_trials=g["max"])
+            group._trials = dict(g["trials"])
+            self._groups.append(group)
+        self._trial_id_to_group = {t: self._groups[i] for t, i in state["trials"].items()}
+        current = state.get("current")
+        self._current_group = self._groups[current] if current is not None else None
+        self.seeds = tuple(state["seeds"])
 
 
 def build_searcher(space: SearchSpace, state: StudyState) -> Any:

@@ -187,10 +187,10 @@ def test_a_space_file_cannot_point_outside_its_folder(here, capsys, outside, fix
 def test_paths_inside_the_space_folder_resolve_against_it(here, outside):
     (here / "spaces" / "data").mkdir()
     (here / "spaces" / "s.yaml").write_text("fixed: {data_cache: data/cache, eval_data: ./data}\n" + ONE_FIELD)
-    args = study_run.build_parser().parse_args(["--space", "spaces/s.yaml"])
-    state, _ = study_run.prepare_new(args)
-    assert state.base_config["data_cache"] == str(here / "spaces" / "data" / "cache")
-    assert state.base_config["eval_data"] == str(here / "spaces" / "data")
+    space = study_run.load_space("spaces/s.yaml")
+    base = study_run.base_config(space, study_run.build_parser().parse_args(["--space", "spaces/s.yaml"]))
+    assert base["data_cache"] == str(here / "spaces" / "data" / "cache")
+    assert base["eval_data"] == str(here / "spaces" / "data")
     # the same place named on the command line is the user's choice: followed
     args = study_run.build_parser().parse_args(["--space", "spaces/s.yaml", "--eval-data", str(outside)])
-    assert study_run.prepare_new(args)[0].base_config["eval_data"] == str(outside)
+    assert study_run.base_config(space, args)["eval_data"] == str(outside)

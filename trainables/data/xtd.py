@@ -19,7 +19,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import BinaryIO, Optional, Sequence, Union
+from typing import BinaryIO, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -176,6 +176,42 @@ def _stack(arrays: list[np.ndarray], names: list[str]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays))
 
 
+class XtdLayout(NamedTuple):
+    """An XTD folder's structure, checked (see :func:`check_xtd`); no image decoded yet."""
+
+    names: list[str]
+    captions: list[dict[str, str]]
+    empty_captions: int
+    images_root: Path
+    image_paths: list[Optional[Path]]
+    missing: list[str]
+
+
+def check_xtd(folder: PathLike, images_dir: Optional[PathLike] = None, *, allow_missing_images: bool = False,
+              languages: Optional[Sequence[str]] = None) -> XtdLayout:
+    """Check an XTD folder's structure without decoding an image; DataError (one line) on the first problem.
+
+    The part of :func:`load_xtd` that needs no pixels: the names file (non-empty, no
+    duplicates, file names only), one caption file per language with one UTF-8 line per
+    image, and the listed images present in ``images_dir`` (unless ``allow_missing_images``).
+    The study CLI runs it before Ray starts, so a broken folder fails once, with the message
+    the trials would each have given.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"XTD folder not found: {folder}")
+    names = _read_names(folder)
+    captions, empty = _read_captions(folder, _resolve_languages(languages), len(names))
+    root = Path(images_dir) if images_dir is not None else folder / "images"
+    paths = _locate_images(root, names)
+    missing = [name for name, path in zip(names, paths) if path is None]
+    if missing and not allow_missing_images:
+        raise DataError(f"{len(missing)} of {len(names)} images listed in {NAMES_FILE} are missing from {root} "
+                        f"(first: {', '.join(missing[:3])}); pass allow_missing_images=True to evaluate "
+                        f"on the {len(names) - len(missing)} present ones")
+    return XtdLayout(names, captions, empty, root, paths, missing)
+
+
 def load_xtd(folder: PathLike, images_dir: Optional[PathLike] = None, *, allow_missing_images: bool = False,
              unreadable_policy: str = "skip", image_size: Optional[int] = None,
              languages: Optional[Sequence[str]] = None) -> ImageCaptionSet:
@@ -200,22 +236,12 @@ def load_xtd(folder: PathLike, images_dir: Optional[PathLike] = None, *, allow_m
     Raises:
         DataError: one line naming the file/folder and the problem.
     """
-    folder = Path(folder)
     if unreadable_policy not in UNREADABLE_POLICIES:
         raise DataError(f"unreadable_policy={unreadable_policy!r}: must be one of {', '.join(UNREADABLE_POLICIES)}")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise DataError(f"image_size={image_size!r}: must be a positive integer or None")
-    if not folder.is_dir():
-        raise DataError(f"XTD folder not found: {folder}")
-    names = _read_names(folder)
-    captions, empty = _read_captions(folder, _resolve_languages(languages), len(names))
-    root = Path(images_dir) if images_dir is not None else folder / "images"
-    paths = _locate_images(root, names)
-    missing = [name for name, path in zip(names, paths) if path is None]
-    if missing and not allow_missing_images:
-        raise DataError(f"{len(missing)} of {len(names)} images listed in {NAMES_FILE} are missing from {root} "
-                        f"(first: {', '.join(missing[:3])}); pass allow_missing_images=True to evaluate "
-                        f"on the {len(names) - len(missing)} present ones")
+    names, captions, empty, root, paths, missing = check_xtd(
+        folder, images_dir, allow_missing_images=allow_missing_images, languages=languages)
     rows, arrays, unreadable = _read_images(paths, image_size, unreadable_policy)
     if not rows:
         raise DataError(f"no readable images left in {root} ({len(missing)} missing, {unreadable} unreadable "
