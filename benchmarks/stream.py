@@ -45,7 +45,7 @@ def variants(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from trainables.data.shards import write_image_set
     from trainables.data.synthetic import load_synthetic
 
-    base = TrialConfig(epochs=1, synthetic_train_size=args.train_size, synthetic_test_size=100, eval_k=10,
+    base = TrialConfig(epochs=1, steps_per_epoch=None, synthetic_train_size=args.train_size, synthetic_test_size=100, eval_k=10,
                        batch_size=args.batch_size, data_cache=str(work / "cache"))
     train, test_dir = load_synthetic(base)
     write_image_set(train, work / "shards", per_shard=args.per_shard)

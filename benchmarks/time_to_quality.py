@@ -56,6 +56,8 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
     "lr5e-4-s1200": ({"lr": 5e-4, "steps": 1200}, {}),
     "wu200": ({"warmup_steps": 200}, {}),  # the chosen default (TrialConfig)
     "wu200-s1200": ({"warmup_steps": 200, "steps": 1200}, {}),  # its stopping check: 1.5x the budget
+    "default-500": ({"warmup_steps": 100, "steps": 500}, {}),  # TrialConfig's default (10-minute study)
+    "default-750": ({"warmup_steps": 100, "steps": 750}, {}),  # its stopping check: 1.5x the budget
     "lr5e-4-wu100": ({"lr": 5e-4, "warmup_steps": 100}, {}),
     "wu100-s600": ({"warmup_steps": 100, "steps": 600}, {}),
     "wu100-s1200": ({"warmup_steps": 100, "steps": 1200}, {}),

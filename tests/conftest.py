@@ -21,8 +21,8 @@ def tiny_config(data_cache):
     from trainables.config import TrialConfig
 
     return TrialConfig(
-        ratio=0.5, batch_size=32, epochs=2, synthetic_train_size=256, synthetic_test_size=64,
-        data_cache=data_cache, warmup_steps=2, eval_k=10,
+        ratio=0.5, batch_size=32, epochs=2, steps_per_epoch=None, synthetic_train_size=256, synthetic_test_size=64,
+        data_cache=data_cache, warmup_steps=2, eval_k=10, eval_every=1,
     )
 
 

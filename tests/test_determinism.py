@@ -29,7 +29,7 @@ def small_config(data_cache: str, **changes) -> TrialConfig:
     """Two epochs of two steps, evaluated after each epoch (so evaluation is compared twice)."""
     values = dict(
         ratio=0.5, batch_size=16, epochs=2, steps_per_epoch=2, synthetic_train_size=64,
-        synthetic_test_size=20, data_cache=data_cache, warmup_steps=1, eval_k=10,
+        synthetic_test_size=20, data_cache=data_cache, warmup_steps=1, eval_k=10, eval_every=1,
     )
     return TrialConfig(**{**values, **changes})
 

@@ -140,7 +140,7 @@ def test_config_checks_streaming_inputs():
 # ---------------------------------------------------------------------------
 def stream_config(tmp_path, **kw) -> TrialConfig:
     base = dict(train_loading="stream", train_data=str(tmp_path / "shards"), eval_data=str(tmp_path / "xtd"),
-                batch_size=4, image_size=8, seed=5)
+                batch_size=4, image_size=8, seed=5, steps_per_epoch=None)
     base.update(kw)
     return TrialConfig(**base)
 

@@ -71,15 +71,15 @@ class TrialConfig:
     train_languages: tuple[str, ...] = LANGUAGES
     missing_caption_policy: str = "redraw"
     # --- optimisation ------------------------------------------------------
-    # The default point (benchmarks/time_to_quality.py): 4 x 200 steps of batch 64 at lr 1e-3 after
-    # 200 warm-up steps reach multilingual mAP@100 ~0.25 on the synthetic test split in ~80-95
-    # CPU-seconds on one core (the curve still rises: see benchmarks/README.md, time to quality).
+    # The default point (benchmarks/time_to_quality.py, "default-500"): 5 x 100 steps of batch 64 at
+    # lr 1e-3 after 100 warm-up steps, sized so that the 9-trial default study fits ~10 minutes on
+    # 2 cores; 800 steps reach more (~0.25 multilingual mAP@100) but take the study to ~14 minutes.
     batch_size: int = 64
-    epochs: int = 4
-    steps_per_epoch: Optional[int] = 200  # None: one pass over the train split
+    epochs: int = 5
+    steps_per_epoch: Optional[int] = 100  # None: one pass over the train split
     lr: float = 1e-3
     weight_decay: float = 0.1
-    warmup_steps: int = 200
+    warmup_steps: int = 100
     temperature: float = 0.07
     learn_temperature: bool = True
     grad_clip: float = 1.0
@@ -116,7 +116,7 @@ class TrialConfig:
     hf_text_model: Optional[str] = None
     # --- evaluation --------------------------------------------------------
     eval_k: int = 100
-    eval_every: int = 1  # epochs
+    eval_every: int = 2  # epochs (and always the last): the default evaluates after 200, 400 and 500 steps
     # --- distribution ------------------------------------------------------
     num_workers: int = 1
     use_gpu: bool = False
