@@ -49,7 +49,7 @@ pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 
 # Measurements that legitimately differ between two runs of the same trial.
-TIMING_KEYS = ("train/epoch_time_s", "train/samples_per_s", "eval/time_s")
+TIMING_KEYS = ("train/epoch_time_s", "train/epoch_cpu_s", "train/samples_per_s", "eval/time_s")
 
 
 def small_config(data_cache: str, **changes) -> TrialConfig:

@@ -156,7 +156,7 @@ class TrialConfig:
                 bad(f.name, "must be a string" if f.type == "str" else "must be a string or None")
             if isinstance(value, str) and "\x00" in value:  # no name or path holds one (YAML's "\0")
                 bad(f.name, "holds a NUL character")
-        if self.tokenizer != "auto" and not self.is_tiny:
+        if self.tokenizer != "auto" and (not self.is_tiny or self.hf_text_model):
             bad("tokenizer", f"only the offline tiny model's text tower is sized to a chosen tokenizer; "
                 f"model={self.model!r} uses its own (leave tokenizer=auto)")
         if self.tokenizer == "corpus" and self.train_loading == "stream":
@@ -218,7 +218,7 @@ class TrialConfig:
         """The tokenizer in use: ``corpus``, ``openclip_bpe`` or ``model`` (the named model's own)."""
         if self.tokenizer != "auto":
             return self.tokenizer
-        if not self.is_tiny:
+        if not self.is_tiny or self.hf_text_model:  # an HF text tower brings its own tokenizer
             return "model"
         return "openclip_bpe" if self.train_loading == "stream" else "corpus"
 

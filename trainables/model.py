@@ -98,6 +98,8 @@ def make_tokenizer(config: TrialConfig, captions=None) -> TextTokenizer:
         return tk.load_corpus_tokenizer(folder, config.context_length)
     if kind == "openclip_bpe":
         return tk.openclip_bpe(name, config.context_length)
+    if config.hf_text_model:
+        _check_hf_text_model(config.hf_text_model)  # one clear line before the tokenizer tries the hub
     tokenizer = _get_tokenizer(config, name)
     context = int(getattr(tokenizer, "context_length", 77))
     return TextTokenizer(tokenize=lambda texts: tokenizer(list(texts)), count=lambda texts: [0] * len(texts),
@@ -131,7 +133,10 @@ def build_model(config: TrialConfig, device: torch.device | str = "cpu",
 
     name = resolve_model_name(config)
     tok = tokenizer or make_tokenizer(config)
-    text_tower = _tiny_text_cfg(name, tok) if config.is_tiny else hf_text_tower_kwargs(config, name)
+    if config.hf_text_model:
+        text_tower = hf_text_tower_kwargs(config, name)
+    else:  # the tiny tower is sized to its tokenizer; a named model keeps its own
+        text_tower = _tiny_text_cfg(name, tok) if config.is_tiny else {}
     try:
         with _quiet_random_init(expected=not config.pretrained):
             model = open_clip.create_model(
