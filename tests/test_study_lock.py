@@ -282,23 +282,25 @@ def scenario(tmp_path_factory) -> Scenario:
     )
 
 
-@pytest.mark.slow
-def test_a_resume_of_a_running_study_is_refused_at_once(scenario):
-    done = scenario.refused_resume
+def _the_one_error_line(done) -> str:
+    """A refused command: exit 2, exactly one stderr line, no traceback; returns that line."""
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stdout + done.stderr
-    assert lines[0].startswith(f"error: study '{STUDY}' is being run by process {scenario.first_pid} on {HOST} since ")
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_a_resume_of_a_running_study_is_refused_at_once(scenario):
+    line = _the_one_error_line(scenario.refused_resume)
+    assert line.startswith(f"error: study '{STUDY}' is being run by process {scenario.first_pid} on {HOST} since ")
 
 
 @pytest.mark.slow
 def test_a_second_local_study_is_refused_naming_address(scenario):
-    done = scenario.refused_local
-    assert done.returncode == 2, done.stdout + done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in done.stdout + done.stderr
-    assert lines[0].startswith(f"error: another study ('{STUDY}', process {scenario.first_pid} on {HOST} since ")
-    assert "runs a local Ray cluster on this machine" in lines[0] and "--address auto" in lines[0]
+    line = _the_one_error_line(scenario.refused_local)
+    assert line.startswith(f"error: another study ('{STUDY}', process {scenario.first_pid} on {HOST} since ")
+    assert "runs a local Ray cluster on this machine" in line and "--address auto" in line
     assert not (scenario.cwd / "ray_results" / "second").exists()  # nothing created for the refused study
     client = client_for(f"sqlite:///{scenario.cwd / 'mlflow.db'}")
     assert client.get_experiment_by_name("second") is None
