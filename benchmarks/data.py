@@ -54,9 +54,10 @@ class TimedComposer:
     def __init__(self, composer: Any) -> None:
         self.composer, self.seconds = composer, 0.0
 
-    def local_batches(self, epoch: int, start_step: Optional[int] = None) -> Iterator:
+    def local_batches(self, epoch: int) -> Iterator:
         start = time.perf_counter()
-        batches = self.composer.local_batches(epoch, start_step=start_step)
+        self.composer.plan_epoch(epoch)  # the plan, timed here (local_batches makes it on its first step)
+        batches = self.composer.local_batches(epoch)
         self.seconds += time.perf_counter() - start
         return self._timed(batches)
 

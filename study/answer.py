@@ -128,6 +128,25 @@ def save_trial_queries(path: Union[str, Path], arrays: dict) -> Path:
 # ---------------------------------------------------------------------------
 # Metrics of one trial (optionally under image weights)
 # ---------------------------------------------------------------------------
+def trial_queries(client, experiment_id: str, parent_run_id: str, records: Sequence) -> list[TrialQueries]:
+    """The per-query arrays of a study's completed trials (``records``: ``trial_id``, ``status``,
+    ``params``), from their child runs' :data:`~trainables.tracking.PER_QUERY_FILE`; trials
+    without the artifact (an older or a stand-in trial) are left out."""
+    from trainables.tracking import COMPLETED, PER_QUERY_FILE, children_of, download_artifact
+
+    runs, out = children_of(client, experiment_id, parent_run_id), []
+    with tempfile.TemporaryDirectory() as folder:
+        for record in records:
+            run = runs.get(record.trial_id)
+            ratio, seed = record.params.get("ratio"), record.params.get("seed") or 0
+            if record.status != COMPLETED or run is None or not isinstance(ratio, (int, float)):
+                continue
+            path = download_artifact(client, run.info.run_id, PER_QUERY_FILE, folder)
+            if path is not None:
+                out.append(load_trial_queries(path, record.trial_id, float(ratio), int(seed)))
+    return out
+
+
 def _lang_order(langs) -> list[str]:
     return sorted(set(langs), key=lambda code: (LANGUAGES.index(code) if code in LANGUAGES else len(LANGUAGES), code))
 

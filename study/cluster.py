@@ -75,9 +75,6 @@ def apply_env_defaults(local: bool = True) -> dict[str, str]:
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
         env[key] = os.environ[key]
-    for key, value in os.environ.items():  # project switches (e.g. test hooks) reach the workers too
-        if key.startswith("MLCLIP_"):
-            env[key] = value
     return env
 
 

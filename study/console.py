@@ -13,7 +13,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from study.results import (
     BIAS_METRIC,
@@ -29,6 +29,11 @@ from study.results import (
 )
 from trainables.metric_names import SEARCHED_PARAMS
 
+if TYPE_CHECKING:  # pragma: no cover
+    from study.spaces import SearchSpace
+    from study.state import StudyState
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130  # the exit codes of study.run
 CSV_NAME = "trials.csv"
 FIGURE_NAME = "map100_by_family_vs_ratio.png"
 ANSWER_CSV = "answer.csv"
@@ -213,3 +218,34 @@ def _write_files(records, objectives, best, front, output_dir: Path, title: str,
         path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str), encoding="utf-8")
         files.append(path)
     return files
+
+
+# ---------------------------------------------------------------------------
+# The plan of a study and the way back to it
+# ---------------------------------------------------------------------------
+def plan_text(state: "StudyState", space: "SearchSpace") -> str:
+    """What the study will do, in a few lines."""
+    goal = ", ".join(f"{o['metric']} ({o['mode']})" for o in state.objectives)
+    searched = ", ".join(f"{p.name}~{p.describe()}" for p in space.params)
+    at_once = f"up to {state.max_concurrent}" if state.max_concurrent else "as many as fit"
+    gpu = f" + {state.gpus_per_worker:g} GPU" if state.gpus_per_worker else ""
+    data = f"train={state.base_config.get('train_data')}, eval={state.base_config.get('eval_data')}"
+    seeds = f" ({len(space.seeds)} seeds per proposal: {', '.join(map(str, space.seeds))})" if space.seeds else ""
+    base = state.base_config
+    steps = f"{base.get('epochs')} epochs" + (f" x {base['steps_per_epoch']} steps" if base.get("steps_per_epoch") else "")
+    return "\n".join(
+        [
+            f"Study {state.name}: space {space.name} ({space.source})",
+            f"  search:   {space.algorithm} over {searched}; target {goal}; scheduler {state.scheduler}; seed {state.seed}",
+            f"  trials:   {state.num_trials}{seeds}, {at_once} at a time; each {state.workers_per_trial} worker(s) x "
+            f"{state.cpus_per_worker:g} CPU{gpu}; {steps}; data {data}",
+            f"  state:    {state.experiment_path}",
+            f"  MLflow:   {state.tracking_uri}",
+            f"  outputs:  {state.output_dir}",
+        ]
+    )
+
+
+def resume_command(state: "StudyState") -> str:
+    """The command that continues this study."""
+    return f"python -m study.run --resume --name {shlex.quote(state.name)} --storage-path {shlex.quote(state.storage_path)}"

@@ -11,9 +11,10 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from study import console
+from study.console import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, plan_text, resume_command
 from study.cluster import (
     Capacity,
     ClusterError,
@@ -23,9 +24,15 @@ from study.cluster import (
     max_concurrent_trials,
     start_ray,
 )
-from study.mlflow_study import (
-    child_runs,
-    trial_queries,
+from study.answer import trial_queries
+from study.results import FAILED, UNFINISHED, TrialRecord, records_from_results
+from study.spaces import SearchSpace
+from study.state import StudyState, describe, is_uri, save_state
+from study.tuning import build_tuner, can_restore, restore_tuner
+from trainables.tracking import (
+    TrackingError,
+    TrackingInfo,
+    client_for,
     close_parent_run,
     ensure_experiment,
     failure_reasons,
@@ -34,17 +41,12 @@ from study.mlflow_study import (
     reopen_parent_run,
     start_parent_run,
 )
-from study.results import FAILED, UNFINISHED, TrialRecord, records_from_results
-from study.spaces import SearchSpace
-from study.state import StudyState, is_uri, save_state
-from study.tuning import build_tuner, can_restore, restore_tuner
-from trainables.tracking import TrackingError, client_for
 
 
-def run_study(state: StudyState, space: SearchSpace, args: Any) -> int:
-    """Start Ray, run (or resume) the study, print and save the answer; returns the exit code."""
-    from study.run import EXIT_INTERRUPTED, plan_text, resume_command
+def run_study(state: StudyState, space: SearchSpace, args: Any, fit: Callable) -> int:
+    """Start Ray, run (or resume) the study, print and save the answer; returns the exit code.
 
+    Each trial calls ``fit`` (the contract of :func:`trainables.driver.fit_trial`)."""
     import ray
 
     resumed = bool(state.parent_run_id)
@@ -59,7 +61,10 @@ def run_study(state: StudyState, space: SearchSpace, args: Any) -> int:
             console.say(f"  warning:  {warning}")
         console.say(f"  parent:   MLflow experiment {state.name!r} ({state.experiment_id}), run {state.parent_run_id}")
         console.say(f"  UI:       {console.mlflow_ui_command(state.tracking_uri, state.experiment_id)}\n")
-        tuner = restore_tuner(state, capacity) if resumed and can_restore(state) else build_tuner(space, state, capacity, args.verbose)
+        if resumed and can_restore(state):
+            tuner = restore_tuner(state, capacity, fit)
+        else:
+            tuner = build_tuner(space, state, capacity, fit, args.verbose)
         started = time.monotonic()
         results = fit_handling_signals(tuner)
         return finish(client, state, space, results, time.monotonic() - started)
@@ -75,7 +80,7 @@ def run_study(state: StudyState, space: SearchSpace, args: Any) -> int:
     except Exception as err:  # noqa: BLE001 - Tune/Ray failure: one line and the way back
         console.error(f"the study stopped: {' '.join(str(err).split())[:500]}")
         console.say(f"Resume with:\n  {resume_command(state)}")
-        return 1
+        return EXIT_FAILED
     finally:
         ray.shutdown()
 
@@ -112,7 +117,9 @@ def open_tracking(client: Any, state: StudyState, resumed: bool) -> None:
             reopen_parent_run(client, state.parent_run_id)
             return
         state.experiment_id = ensure_experiment(client, state.name)
-        state.parent_run_id = start_parent_run(client, state)
+        files = {"space.json": state.space.get("raw", {}), "base_config.json": state.base_config}
+        state.parent_run_id = start_parent_run(client, state.experiment_id, state.name, str(state.space.get("name")),
+                                               describe(state), files)
     except TrackingError:
         raise
     except Exception as err:  # noqa: BLE001 - one line, not a traceback
@@ -133,14 +140,12 @@ def fit_handling_signals(tuner: Any) -> Any:
 
 def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, seconds: float) -> int:
     """Reconcile MLflow, print the table and best config, save and log the summary files."""
-    from study.run import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, resume_command
-
     records = records_from_results(results, state.base_config)
-    _attach_reasons(records, failure_reasons(client, state))
-    reconcile_children(client, state, records)
+    _attach_reasons(records, failure_reasons(client, state.experiment_id, state.parent_run_id))
+    reconcile_children(client, TrackingInfo(state.tracking_uri, state.experiment_id, state.parent_run_id, "", ""), records)
     interrupted = len(records) < state.num_trials or any(r.status == UNFINISHED for r in records)
     title = f"{state.name}: mAP@100 per family vs ratio"
-    queries = trial_queries(client, child_runs(client, state), records)
+    queries = trial_queries(client, state.experiment_id, state.parent_run_id, records)
     summary = console.summarize(records, state.objectives, Path(state.output_dir), title, space.param_names, queries)
     console.say(f"\nTrials of study {state.name} ({len(records)}/{state.num_trials}, {seconds:.0f} s):\n")
     console.say(summary.text)

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Optional
 
 from study import console
-from study.mlflow_study import children_of, find_parent_run, trial_queries
+from study.answer import trial_queries
 from study.results import records_from_mlflow
 from trainables.metric_names import SEARCHED_PARAMS, TARGET_METRIC
-from trainables.tracking import TrackingError, check_tracking_uri, client_for, resolve_tracking_uri
+from trainables.tracking import TrackingError, check_tracking_uri, client_for, find_parent_run, resolve_tracking_uri
 
 DEFAULT_OBJECTIVES = [{"metric": TARGET_METRIC, "mode": "max"}]
 
@@ -66,7 +66,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     records = records_from_mlflow(client, experiment.experiment_id, parent.info.run_id)
     out = Path(args.output_dir or Path("study_results") / args.experiment / "report").resolve()
     space_params = [k for k in SEARCHED_PARAMS if k != "seed" and any(k in r.params for r in records)]
-    queries = trial_queries(client, children_of(client, experiment.experiment_id, parent.info.run_id), records)
+    queries = trial_queries(client, experiment.experiment_id, parent.info.run_id, records)
     summary = console.summarize(records, objectives_of(parent), out, f"{args.experiment}: mAP@100 per family vs ratio",
                                 space_params, queries)
     console.say(f"Study {args.experiment} (parent run {parent.info.run_id}, {parent.info.status}), {len(records)} trials:\n")

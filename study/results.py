@@ -22,18 +22,7 @@ from trainables.metric_names import (
     source_name,
     to_source_names,
 )
-from trainables.tracking import (
-    TAG_COMPLETED,
-    TAG_EARLY_STOPPED,
-    TAG_REASON,
-    TAG_ROLE,
-    TAG_TRIAL_ID,
-    child_runs_of,
-    clean_metrics,
-    last_logged_step,
-)
-
-COMPLETED, FAILED, EARLY_STOPPED, UNFINISHED = "completed", "failed", "early-stopped", "unfinished"
+from trainables.tracking import COMPLETED, EARLY_STOPPED, FAILED, UNFINISHED, clean_metrics, trial_runs
 
 
 @dataclass
@@ -96,46 +85,10 @@ def _trial_id_from_path(path: Optional[str]) -> str:
 
 
 def records_from_mlflow(client: Any, experiment_id: str, parent_run_id: str) -> list[TrialRecord]:
-    """Records from the child runs of a study's parent run (nothing but MLflow needed).
-
-    The runs' short headline names are mapped back to source names; the numeric copies of the
-    searched parameters are left out (the params hold them)."""
-    records = []
-    for run in child_runs_of(client, experiment_id, parent_run_id):
-        tags, data = run.data.tags, run.data
-        if tags.get(TAG_ROLE) not in (None, "trial"):
-            continue
-        epochs_done = max(last_logged_step(client, run), 0)
-        status = _status_from_run(run.info.status, tags, epochs_done, _param(data.params.get("epochs")))
-        params = {k: _param(v) for k, v in data.params.items()}
-        metrics = {k: v for k, v in to_source_names(data.metrics).items() if k not in SEARCHED_PARAMS}
-        trial_id = tags.get(TAG_TRIAL_ID, run.info.run_id)
-        records.append(TrialRecord(trial_id, status, params, metrics, epochs_done, tags.get(TAG_REASON)))
-    return sort_records(records)
-
-
-def _status_from_run(mlflow_status: str, tags: dict, epochs_done: int, epochs: Any) -> str:
-    if mlflow_status == "FAILED":
-        return FAILED
-    if tags.get(TAG_EARLY_STOPPED) == "true":
-        return EARLY_STOPPED
-    if mlflow_status == "FINISHED" and (tags.get(TAG_COMPLETED) == "true" or epochs_done >= (epochs or 0)):
-        return COMPLETED
-    return UNFINISHED
-
-
-def _param(text: Optional[str]) -> Any:
-    """An MLflow param string back to int/float/None/bool where it looks like one."""
-    if text is None or text == "None":
-        return None
-    if text in ("True", "False"):
-        return text == "True"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+    """Records from the child runs of a study's parent run (nothing but MLflow needed; read by
+    :func:`trainables.tracking.trial_runs`)."""
+    return sort_records(TrialRecord(r.trial_id, r.status, r.params, r.metrics, r.epochs_done, r.reason)
+                        for r in trial_runs(client, experiment_id, parent_run_id))
 
 
 def sort_records(records: Iterable[TrialRecord]) -> list[TrialRecord]:

@@ -14,19 +14,18 @@ local-cluster slot (:func:`study.cluster.local_cluster_slot`).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import re
-import shlex
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
 from study import console
+from study.console import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, plan_text
 from study.cluster import ClusterError, check_trial_fits, local_capacity
 from study.lock import LockError
 from study.preflight import (
@@ -45,6 +44,7 @@ from study.spaces import (
     SpaceError,
     build_trial_config,
     coerce_config_values,
+    contain_paths,
     load_space,
     make_objective,
     parse_space,
@@ -59,11 +59,9 @@ from study.state import (
     load_state,
     resolve_storage_path,
 )
-from study.trial import DEFAULT_TRIAL_FN
 from trainables.config import ConfigError, TrialConfig
 from trainables.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_SPACE = "ratio_only"
 DEFAULT_STORAGE = "ray_results"
 DEFAULT_OUTPUT_ROOT = "study_results"
@@ -72,7 +70,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _STUDY_FLAGS = (
     "space", "num_samples", "max_concurrent", "workers_per_trial", "cpus_per_worker", "gpus_per_worker",
     "epochs", "metric", "mode", "seed", "train_data", "eval_data", "images_dir", "set", "scheduler",
-    "max_failures", "trial_fn",
+    "max_failures",
 )
 
 
@@ -85,7 +83,7 @@ BAD_INPUT = (StudyError, SpaceError, ConfigError, StorageError, TrackingError, C
 _NOT_EMPTY = {
     "space": "space name", "name": "study name", "storage_path": "storage path", "tracking_uri": "tracking URI",
     "output_dir": "output folder", "metric": "metric name", "train_data": "data path", "eval_data": "data path",
-    "images_dir": "folder", "trial_fn": "trial function",
+    "images_dir": "folder",
 }
 
 
@@ -132,18 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-data", help="training data: synthetic (default), a JSONL manifest, or WebDataset shards")
     p.add_argument("--eval-data", help="evaluation data: synthetic (default) or an XTD-layout folder")
     p.add_argument("--images-dir", help="folder of the images referenced by --train-data/--eval-data")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a fixed trial-config field (repeatable), e.g. --set lr=1e-3")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a fixed trial-config field (repeatable), e.g. --set lr=1e-3; --list-fields lists them")
     p.add_argument("--max-failures", type=int, help="worker-group restarts per trial after a worker dies (default 1)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="attach to a running Ray cluster (auto, or ray://HOST:PORT; default $RAY_ADDRESS, else a local cluster)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="Tune output: 0 quiet, 1 progress table and trial results (default), 2 every result")
     p.add_argument("--dry-run", action="store_true", help="check everything, print the plan, start nothing")
-    p.add_argument("--trial-fn", help=argparse.SUPPRESS)  # test hook: MODULE:FUNCTION replacing the driver's fit_trial
     return p
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point; returns the exit code."""
+def main(argv: Optional[list[str]] = None, *, fit: Optional[Callable] = None) -> int:
+    """Entry point; returns the exit code.
+
+    ``fit`` fits one trial, with the contract of :func:`trainables.driver.fit_trial` (the
+    default). A library user (or a test) may study another training function through it; it
+    must be importable by, or picklable to, the Ray workers, and is given again on ``--resume``.
+    """
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, or a malformed flag (one error line already printed)
@@ -170,7 +172,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 console.say(f"  note:     {note}")
             console.say("(dry run: nothing started)")
             return EXIT_OK
-        return run_held(state, space, args)
+        return run_held(state, space, args, fit)
     except BAD_INPUT as err:
         console.error(one_line(str(err)))
         return EXIT_BAD_INPUT
@@ -196,19 +198,20 @@ def check_flag_text(args: argparse.Namespace) -> None:
             raise StudyError(f"--{flag.replace('_', '-')} {value!r}: empty {what}; give one, or leave the flag out")
 
 
-def run_held(state: StudyState, space: SearchSpace, args: argparse.Namespace) -> int:
+def run_held(state: StudyState, space: SearchSpace, args: argparse.Namespace, fit: Optional[Callable] = None) -> int:
     """Run the prepared study holding its lock and, without --address, the machine's local-cluster slot."""
     from contextlib import nullcontext
 
     from study.cluster import local_cluster_slot
     from study.execute import run_study
     from study.lock import hold_study
+    from trainables.driver import fit_trial
 
     with hold_study(state.storage_path, state.name, say=console.say):
         if not args.resume and experiment_exists(state.storage_path, state.name):
             raise _exists_error(state.name, state.storage_path)  # started by another driver since the check
         with local_cluster_slot(state.name) if not args.address else nullcontext():
-            return run_study(state, space, args)
+            return run_study(state, space, args, fit or fit_trial)
 
 
 def start_notes(state: StudyState, args: argparse.Namespace) -> list[str]:
@@ -264,7 +267,6 @@ def prepare_new(args: argparse.Namespace) -> tuple[StudyState, SearchSpace]:
         raise _exists_error(name, storage)
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(tracking_uri)
-    trial_fn = check_trial_fn(args.trial_fn or DEFAULT_TRIAL_FN)
     workers = base["num_workers"]
     if not args.address:
         check_trial_fits(local_capacity(args.num_cpus), workers, cpw, gpw)
@@ -285,7 +287,6 @@ def prepare_new(args: argparse.Namespace) -> tuple[StudyState, SearchSpace]:
         scheduler=args.scheduler or "fifo",
         seed=args.seed if args.seed is not None else 0,
         max_failures=args.max_failures if args.max_failures is not None else 1,
-        trial_fn=trial_fn,
         tracking_uri=tracking_uri,
         output_dir=output_dir,
     ), space
@@ -334,18 +335,6 @@ def study_objectives(space: SearchSpace, args: argparse.Namespace) -> tuple:
         raise StudyError(f"space {space.name!r} is multi-objective ({', '.join(o.metric for o in space.objectives)}); --metric/--mode do not apply")
     first = space.objectives[0]
     return (make_objective(args.metric or first.metric, args.mode or first.mode, "--metric/--mode"),)
-
-
-def check_trial_fn(spec: str) -> str:
-    """``MODULE:FUNCTION`` must name an importable module (imported for real inside the trials)."""
-    module = spec.partition(":")[0]
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        raise StudyError(f"trial function {spec}: module {module} is not available")
-    return spec
 
 
 # ---------------------------------------------------------------------------
@@ -416,7 +405,7 @@ def cli_overrides(args: argparse.Namespace, searched: set) -> dict:
         if key in ("num_workers", "use_gpu"):
             raise StudyError(f"--set {key}: use --workers-per-trial / --gpus-per-worker")
         if key not in TrialConfig.__dataclass_fields__:
-            raise StudyError(f"--set {key}: not a trial config field (see trainables/config.py)")
+            raise StudyError(f"--set {key}: not a trial config field (python -m study.run --list-fields lists them)")
         try:
             out[key] = yaml.safe_load(text)
         except yaml.YAMLError:
@@ -473,6 +462,8 @@ def prepare_resume(args: argparse.Namespace) -> tuple[StudyState, SearchSpace]:
     if ignored:
         console.say(f"note: --resume continues the saved study; ignoring {', '.join(ignored)}")
     space = parse_space(state.space["raw"], name=state.space["name"], source=state.space["source"])
+    if Path(state.space["source"]).suffix in (".yaml", ".yml"):  # its paths resolve beside it, as at the start
+        space = contain_paths(space, Path(state.space["source"]).parent)
     return state, space
 
 
@@ -480,37 +471,6 @@ def _space_name_for_resume(space_arg: Optional[str]) -> str:
     if not space_arg:
         return DEFAULT_SPACE
     return Path(space_arg).stem if space_arg.endswith((".yaml", ".yml")) else space_arg
-
-
-# ---------------------------------------------------------------------------
-# Messages
-# ---------------------------------------------------------------------------
-def plan_text(state: StudyState, space: SearchSpace) -> str:
-    """What the study will do, in a few lines."""
-    goal = ", ".join(f"{o['metric']} ({o['mode']})" for o in state.objectives)
-    searched = ", ".join(f"{p.name}~{p.describe()}" for p in space.params)
-    at_once = f"up to {state.max_concurrent}" if state.max_concurrent else "as many as fit"
-    gpu = f" + {state.gpus_per_worker:g} GPU" if state.gpus_per_worker else ""
-    data = f"train={state.base_config.get('train_data')}, eval={state.base_config.get('eval_data')}"
-    seeds = f" ({len(space.seeds)} seeds per proposal: {', '.join(map(str, space.seeds))})" if space.seeds else ""
-    base = state.base_config
-    steps = f"{base.get('epochs')} epochs" + (f" x {base['steps_per_epoch']} steps" if base.get("steps_per_epoch") else "")
-    return "\n".join(
-        [
-            f"Study {state.name}: space {space.name} ({space.source})",
-            f"  search:   {space.algorithm} over {searched}; target {goal}; scheduler {state.scheduler}; seed {state.seed}",
-            f"  trials:   {state.num_trials}{seeds}, {at_once} at a time; each {state.workers_per_trial} worker(s) x "
-            f"{state.cpus_per_worker:g} CPU{gpu}; {steps}; data {data}",
-            f"  state:    {state.experiment_path}",
-            f"  MLflow:   {state.tracking_uri}",
-            f"  outputs:  {state.output_dir}",
-        ]
-    )
-
-
-def resume_command(state: StudyState) -> str:
-    """The command that continues this study."""
-    return f"python -m study.run --resume --name {shlex.quote(state.name)} --storage-path {shlex.quote(state.storage_path)}"
 
 
 if __name__ == "__main__":

@@ -37,11 +37,12 @@ import yaml
 
 from search_spaces import available_spaces, space_file
 from trainables.config import MAX_SEED, ConfigError, TrialConfig
+from trainables.metric_names import TARGET_METRIC
 
 ALGORITHMS = ("optuna", "grid")
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
 MODES = ("max", "min")
-DEFAULT_OBJECTIVE = {"metric": "map100/multilingual", "mode": "max"}
+DEFAULT_OBJECTIVE = {"metric": TARGET_METRIC, "mode": "max"}
 # Fields that describe the trial's resources; the CLI owns them, a space may not search them.
 RESOURCE_FIELDS = ("num_workers", "use_gpu")
 _METRIC_NAME = re.compile(r"^[/\w.\- :]+$")

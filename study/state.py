@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,13 +42,11 @@ class StudyState:
     scheduler: str
     seed: int
     max_failures: int
-    trial_fn: str
     tracking_uri: str
     output_dir: str
     experiment_id: str = ""
     parent_run_id: str = ""
     version: int = STATE_VERSION
-    extra: dict = field(default_factory=dict)
 
     @property
     def experiment_path(self) -> str:

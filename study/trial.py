@@ -15,34 +15,37 @@ trained again: its final metrics are re-reported from MLflow.
 
 from __future__ import annotations
 
-import importlib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from trainables.metric_names import SEARCHED_PARAMS, source_name, to_source_names, with_logged_aliases
+from trainables.metric_names import source_name, with_logged_aliases
 from trainables.tracking import (
     TAG_COMPLETED,
     TrackingInfo,
     client_for,
     end_trial_run,
-    last_logged_step,
+    mark_trial_completed,
     open_trial_run,
+    read_trial_run,
     trial_run_name,
 )
 
-DEFAULT_TRIAL_FN = "trainables.driver:fit_trial"
-
-
 @dataclass(frozen=True)
 class TrialContext:
-    """What every trial of a study shares; bound to the Tune function with ``tune.with_parameters``."""
+    """What every trial of a study shares; bound to the Tune function with ``tune.with_parameters``.
+
+    ``fit`` fits one trial (contract of :func:`trainables.driver.fit_trial`, the default): it is
+    called with the trial's :class:`~trainables.config.TrialConfig`, its Ray Train run name and
+    storage, its MLflow :class:`~trainables.tracking.TrackingInfo`, the Tune report callbacks,
+    ``max_failures`` and the resources of each worker.
+    """
 
     study_name: str
     base_config: dict
-    trial_fn: str
+    fit: Callable
     train_storage: str
     tracking_uri: str
     experiment_id: str
@@ -83,13 +86,6 @@ def order_metrics(metrics: Mapping[str, Any], first: tuple) -> dict:
     """A copy of ``metrics`` with the keys of ``first`` (those present) at the front."""
     head = {k: metrics[k] for k in first if k in metrics}
     return {**head, **{k: v for k, v in metrics.items() if k not in head}}
-
-
-def load_trial_fn(spec: str) -> Callable:
-    """Import ``module:function`` (default ``trainables.driver:fit_trial``)."""
-    module_name, _, attr = spec.partition(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, attr or "fit_trial")
 
 
 def failure_reason(err: BaseException, limit: int = 500) -> str:
@@ -142,9 +138,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     if run.data.tags.get(TAG_COMPLETED) == "true":
         _replay_completed(client, run_id, ctx)
         return
-    fit = load_trial_fn(ctx.trial_fn)
     try:
-        result = fit(
+        result = ctx.fit(
             trial_config,
             name=f"trial_{trial_id}",
             storage_path=ctx.train_storage,
@@ -157,9 +152,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     except Exception as err:  # not SystemExit: that is Tune stopping the trial (ASHA, Ctrl-C)
         end_trial_run(client, run_id, "FAILED", failure_reason(err))
         raise
-    client.set_tag(run_id, TAG_COMPLETED, "true")
-    if client.get_run(run_id).info.status == "RUNNING":
-        client.set_terminated(run_id, status="FINISHED")
+    mark_trial_completed(client, run_id)
 
 
 class MissingObjective(RuntimeError):
@@ -184,9 +177,8 @@ def _replay_completed(client, run_id: str, ctx: TrialContext) -> None:
     live trials report them (see :class:`OrderedTuneReportCallback`)."""
     import ray.tune
 
-    run = client.get_run(run_id)
-    metrics = {k: v for k, v in to_source_names(run.data.metrics).items() if k not in SEARCHED_PARAMS}
-    epoch = max(last_logged_step(client, run), 0)
-    ray.tune.report(order_metrics({**with_logged_aliases(metrics), "epoch": float(epoch)}, ctx.metrics_first))
-    if run.info.status == "RUNNING":
+    trial = read_trial_run(client, client.get_run(run_id))
+    metrics = {**with_logged_aliases(trial.metrics), "epoch": float(trial.epochs_done)}
+    ray.tune.report(order_metrics(metrics, ctx.metrics_first))
+    if client.get_run(run_id).info.status == "RUNNING":
         client.set_terminated(run_id, status="FINISHED")

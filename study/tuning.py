@@ -17,7 +17,7 @@ import base64
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 from ray.tune.search import Repeater
 from ray.tune.search.repeater import TRIAL_INDEX, _TrialGroup
@@ -38,8 +38,8 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def trial_context(state: StudyState) -> TrialContext:
-    """The per-study context every trial receives."""
+def trial_context(state: StudyState, fit: Callable) -> TrialContext:
+    """The per-study context every trial receives; ``fit`` fits one trial (see :class:`TrialContext`)."""
     resources = {"CPU": state.cpus_per_worker}
     if state.gpus_per_worker:
         resources["GPU"] = state.gpus_per_worker
@@ -47,7 +47,7 @@ def trial_context(state: StudyState) -> TrialContext:
     return TrialContext(
         study_name=state.name,
         base_config=dict(state.base_config),
-        trial_fn=state.trial_fn,
+        fit=fit,
         train_storage=join(state.experiment_path, "train_runs"),
         tracking_uri=state.tracking_uri,
         experiment_id=state.experiment_id,
@@ -59,11 +59,11 @@ def trial_context(state: StudyState) -> TrialContext:
     )
 
 
-def build_trainable(state: StudyState, capacity: Capacity) -> Any:
+def build_trainable(state: StudyState, capacity: Capacity, fit: Callable) -> Any:
     """The Tune function with its context bound and a driver reservation that holds no worker CPU."""
     from ray import tune
 
-    ctx = trial_context(state)
+    ctx = trial_context(state, fit)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), driver_resources(capacity))
     # Tune prints only these in each trial's result box (the real loop reports ~150 metrics).
     trainable._progress_metrics = progress_metrics(ctx.metrics_first)
@@ -159,13 +159,18 @@ def build_searcher(space: SearchSpace, state: StudyState) -> Any:
     return ConcurrencyLimiter(searcher, max_concurrent=state.max_concurrent)
 
 
-def build_scheduler(state: StudyState) -> Any:
-    """ASHA early stopping on the per-epoch target metric, or None (FIFO)."""
+def build_scheduler(state: StudyState, space: SearchSpace) -> Any:
+    """ASHA early stopping on the per-epoch target metric, or None (FIFO).
+
+    Its horizon ``max_t`` is the most epochs a trial may run: the largest value of a searched
+    ``epochs``, else the fixed one (the base config holds no searched field).
+    """
     if state.scheduler != "asha":
         return None
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
-    epochs = int(state.base_config.get("epochs", 1))
+    searched = [p for p in space.params if p.name == "epochs"]
+    epochs = int(max(searched[0].corner_values())) if searched else int(state.base_config.get("epochs", 1))
     return AsyncHyperBandScheduler(
         time_attr="epoch",  # not training_iteration: epochs without evaluation are not forwarded
         max_t=max(1, epochs),
@@ -174,8 +179,8 @@ def build_scheduler(state: StudyState) -> Any:
     )
 
 
-def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, verbose: int = 1) -> Any:
-    """A fresh Tuner for the study."""
+def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, fit: Callable, verbose: int = 1) -> Any:
+    """A fresh Tuner for the study, whose trials each call ``fit`` (see :class:`TrialContext`)."""
     from ray import tune
 
     single = not state.multi_objective
@@ -183,7 +188,7 @@ def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, verbo
         metric=state.metric if single else None,
         mode=state.mode if single else None,
         search_alg=build_searcher(space, state),
-        scheduler=build_scheduler(state),
+        scheduler=build_scheduler(state, space),
         num_samples=state.num_samples if space.algorithm == "grid" else state.num_trials,  # repeats included
         max_concurrent_trials=state.max_concurrent if space.algorithm == "grid" else None,
         trial_name_creator=trial_dirname,
@@ -196,7 +201,7 @@ def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, verbo
         failure_config=tune.FailureConfig(max_failures=0),  # worker restarts happen inside Ray Train
     )
     return tune.Tuner(
-        build_trainable(state, capacity),
+        build_trainable(state, capacity, fit),
         param_space=space.tune_param_space(),
         tune_config=tune_config,
         run_config=run_config,
@@ -210,13 +215,13 @@ def can_restore(state: StudyState) -> bool:
     return tune.Tuner.can_restore(state.experiment_path)
 
 
-def restore_tuner(state: StudyState, capacity: Capacity) -> Any:
+def restore_tuner(state: StudyState, capacity: Capacity, fit: Callable) -> Any:
     """Continue the study: finished and failed trials stay as they are, unfinished ones run again."""
     from ray import tune
 
     return tune.Tuner.restore(
         state.experiment_path,
-        trainable=build_trainable(state, capacity),
+        trainable=build_trainable(state, capacity, fit),
         resume_unfinished=True,
         resume_errored=False,
         restart_errored=False,

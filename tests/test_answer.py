@@ -19,7 +19,7 @@ from study.answer import (
     save_trial_queries,
     write_answer_csv,
 )
-from study.testing import FAMILY_OPTIMA
+from tests.standins import FAMILY_OPTIMA
 from trainables.languages import FAMILIES, languages_in
 
 N = 4  # test images of the tiny fixture

@@ -55,7 +55,7 @@ def test_one_worker_same_seed_same_metrics(data_cache):
 
 @pytest.mark.slow
 def test_two_workers_same_seed_same_metrics(data_cache, tmp_path):
-    ray = pytest.importorskip("ray")
+    import ray
     from trainables.driver import fit_trial
 
     config = small_config(data_cache, num_workers=2)

@@ -10,10 +10,11 @@
 * The driver dies mid-study: SIGTERM, then SIGKILL, each followed by ``--resume``; the last
   trial fails on purpose. See the scenario fixture below for what is checked.
 
-The worker kill uses a test-only hook of :func:`trainables.train.train_worker`
-(``$MLCLIP_TEST_FAULT_DIR``): each worker records ``rank, epoch, pid`` at the start of an
-epoch, and waits while a ``hold.rank{R}.epoch{E}`` file exists, so the kill lands at a
-known point instead of racing the training loop.
+The worker kill runs the product's training loop under a test session
+(:class:`tests.standins.MarkedWorker`, given to ``fit_trial`` as its per-worker function):
+each worker records ``rank, epoch, pid`` at the start of an epoch, and waits while a
+``hold.rank{R}.epoch{E}`` file exists, so the kill lands at a known point instead of racing
+the training loop.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import ray
 
 from trainables.config import TrialConfig
 from trainables.metric_names import TARGET_METRIC, logged_name
@@ -43,10 +45,9 @@ from trainables.tracking import (
     TrackingInfo,
     client_for,
 )
-from trainables.train import FAULT_DIR_ENV
+from tests.standins import MarkedWorker, repo_env, standin_command
 
 pytestmark = pytest.mark.slow
-ray = pytest.importorskip("ray")
 
 # Measurements that legitimately differ between two runs of the same trial.
 TIMING_KEYS = ("train/epoch_time_s", "train/epoch_cpu_s", "train/samples_per_s", "eval/time_s")
@@ -71,17 +72,16 @@ def deterministic(metrics: dict) -> dict:
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def fault_dir(tmp_path_factory) -> Path:
-    """Where the workers' test hook writes ``rank{R}.epoch{E}.pid{P}`` files."""
+    """Where the workers' test session writes ``rank{R}.epoch{E}.pid{P}`` files."""
     return tmp_path_factory.mktemp("faults")
 
 
 @pytest.fixture(scope="class")
-def ray_local(fault_dir):
-    """A 2-CPU local Ray whose workers see the fault-injection folder (shut down before the study tests)."""
+def ray_local():
+    """A 2-CPU local Ray (shut down before the study tests)."""
     import trainables.driver  # noqa: F401 - sets Ray Train's health-check interval before Ray starts
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {FAULT_DIR_ENV: str(fault_dir)}})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 
@@ -211,7 +211,7 @@ class TestTrialFaults:
         killer = Killer(fault_dir, tmp_path / "killed", rank=1, epoch=2)
         killer.start()
         result = fit_trial(config, name="killed", storage_path=str(tmp_path), tracking=tracking(store, "killed"),
-                           max_failures=1)
+                           max_failures=1, train_loop=MarkedWorker(str(fault_dir)))
         killer.join(timeout=60)
         assert killer.error is None and killer.victim is not None, killer.error
         started = epochs_started(fault_dir)
@@ -244,7 +244,8 @@ class TestTrialFaults:
 
         config = small_config(data_cache, epochs=1, eval_every=1)
         log = tmp_path / "reports.jsonl"
-        kwargs = dict(name="done", storage_path=str(tmp_path), tracking=tracking(store, "done"))
+        kwargs = dict(name="done", storage_path=str(tmp_path), tracking=tracking(store, "done"),
+                      train_loop=MarkedWorker(str(fault_dir)))
         first = fit_trial(config, callbacks=[report_recorder(log)], **kwargs)
         assert [row["epoch"] for row in recorded(log)] == [1.0]
         epochs_started(fault_dir)
@@ -263,7 +264,8 @@ class TestTrialFaults:
 
         config = small_config(data_cache, epochs=1, lr=1e30)  # the weights overflow in the first steps
         with pytest.raises(TrialFailed, match="NonFiniteLossError: non-finite training loss in epoch 1"):
-            fit_trial(config, name="nan", storage_path=str(tmp_path), tracking=tracking(store, "nan"), max_failures=1)
+            fit_trial(config, name="nan", storage_path=str(tmp_path), tracking=tracking(store, "nan"), max_failures=1,
+                      train_loop=MarkedWorker(str(fault_dir)))
         # Ray Train retries every worker error (max_failures=1): the retry fails the same way,
         # and it re-attaches to the same MLflow run.
         assert len(epochs_started(fault_dir)) == 2
@@ -276,7 +278,7 @@ class TestTrialFaults:
 # 2 and 3. the driver dies mid-study; a trial fails
 # ---------------------------------------------------------------------------
 STUDY = "crashy"
-# Three 2-epoch trials, one at a time, of the stand-in trial on a real TorchTrainer (study.testing):
+# Three 2-epoch trials, one at a time, of the stand-in trial on the real TorchTrainer (tests.standins):
 # the study machinery (Tune, Optuna, MLflow, Ray Train's worker group) is real, the training is not.
 STUDY_SPACE = """
 search: {algorithm: optuna, num_samples: 3, n_startup_trials: 3}
@@ -287,20 +289,19 @@ params:
 STUDY_TIMEOUT_S = 400
 
 
-def study_env(**extra: str) -> dict:
+def study_env() -> dict:
     """The environment of a study subprocess: offline, no inherited tracking URI or Ray address."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", FAULT_DIR_ENV, "MLCLIP_FAKE_FAIL_ABOVE_RATIO")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env.update({"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                "PYTHONUNBUFFERED": "1", "MLCLIP_FAKE_EPOCH_S": "1"})
-    env.update(extra)
-    return env
+                "PYTHONUNBUFFERED": "1"})
+    return repo_env(env)
 
 
-def start_study(cwd: Path, log: Path, *args: str, **env: str) -> subprocess.Popen:
-    """``python -m study.run ARGS`` in ``cwd`` as its own session (so its Ray cluster can be found)."""
-    return subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=study_env(**env),
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+def start_study(cwd: Path, log: Path, *args: str, fail_above: float | None = None) -> subprocess.Popen:
+    """A study of 1-second stand-in epochs on the real TorchTrainer, in ``cwd``, as its own session
+    (so its Ray cluster can be found)."""
+    return subprocess.Popen(standin_command("train", *args, epoch_s=1, fail_above=fail_above), cwd=cwd,
+                            env=study_env(), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def completed_trials(cwd: Path) -> list[str]:
@@ -433,8 +434,7 @@ def scenario(tmp_path_factory) -> Scenario:
     """
     cwd = tmp_path_factory.mktemp("crashy")
     (cwd / "space.yaml").write_text(STUDY_SPACE)
-    new = ["--space", "space.yaml", "--name", STUDY, "--max-concurrent", "1", "--num-cpus", "2",
-           "--trial-fn", "study.testing:fit_trial_train"]
+    new = ["--space", "space.yaml", "--name", STUDY, "--max-concurrent", "1", "--num-cpus", "2"]
     resume = ["--resume", "--name", STUDY]
 
     first = start_study(cwd, cwd / "a.log", *new)
@@ -450,7 +450,7 @@ def scenario(tmp_path_factory) -> Scenario:
     sigkill_at = time.time()
     orphans = kill_session(second)
 
-    third = start_study(cwd, cwd / "c.log", *resume, MLCLIP_FAKE_FAIL_ABOVE_RATIO="-1")
+    third = start_study(cwd, cwd / "c.log", *resume, fail_above=-1)
     third.wait(timeout=STUDY_TIMEOUT_S)
     report = subprocess.run([sys.executable, "-m", "study.report", "--experiment", STUDY], cwd=cwd,
                             env=study_env(), capture_output=True, text=True, timeout=STUDY_TIMEOUT_S)

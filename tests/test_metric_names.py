@@ -11,7 +11,8 @@ import pytest
 from study.results import COMPLETED, TrialRecord, write_csv
 from trainables import metric_names as names
 from trainables.languages import FAMILIES
-from trainables.progress import StepProgress, format_duration
+from trainables.config import TrialConfig
+from trainables.progress import StepProgress, epoch_progress, format_duration
 
 
 # --- the registry ------------------------------------------------------------------------------
@@ -98,14 +99,15 @@ def test_progress_writes_a_line_every_interval_with_eta():
     assert all(any(c.isdigit() for c in word) for line in lines for word in line.split())
 
 
-def test_progress_is_silent_off_rank_zero_and_when_switched_off(monkeypatch):
+def test_progress_is_silent_off_rank_zero_and_when_switched_off():
     out = io.StringIO()
     for progress in (StepProgress("x1", 0, 1, 10, 8, enabled=False, every_s=0.0, stream=out),
                      StepProgress("x1", 0, 1, 10, 8, every_s=0.0, stream=out)):
         for step in range(1, 11):
             progress.update(step, 1.0)
-    monkeypatch.setenv("MLCLIP_PROGRESS_S", "0")
-    assert StepProgress("x1", 0, 1, 10, 8, stream=out).enabled is False
+    assert epoch_progress(TrialConfig(progress_every_s=0), 0, 10, rank=0).enabled is False
+    assert epoch_progress(TrialConfig(progress_every_s=5), 0, 10, rank=0).every_s == 5
+    assert epoch_progress(TrialConfig(), 0, 10, rank=1).enabled is False
     assert out.getvalue() == ""
 
 

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from trainables.composer import ComposerError, MissingCaptionError
+from trainables.composition import ComposerError, MissingCaptionError
 from trainables.config import ConfigError, TrialConfig
 from trainables.data.shards import ShardWriter
 from trainables.languages import LANGUAGES
@@ -55,6 +55,37 @@ def composer(world=1, rank=0, **kw) -> StreamComposer:
 
 def full_captions(b: int) -> list[dict]:
     return [{lang: f"{lang}:{i}" for lang in LANGUAGES} for i in range(b)]
+
+
+# ---------------------------------------------------------------------------
+# one composition rule: the streamed and the planned path agree
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("mode, missing", [("per_batch", False), ("per_batch", True), ("within_batch", False)])
+def test_the_stream_composes_as_the_plan_does_for_the_same_samples(mode, missing):
+    """Fed the planned path's samples in its order, the stream draws the same languages, the same
+    monolingual slots and the same redraws (within_batch with missing captions differs on purpose:
+    only the plan can prefer samples that have the step language)."""
+    from trainables.composer import BatchComposer
+
+    n, batch = 120, 12
+    table = torch.ones(n, len(LANGUAGES), dtype=torch.bool)
+    if missing:  # sample i has only en and one more language (as in languages_of)
+        table[:] = False
+        for i in range(n):
+            table[i, [LANG_IDS[lang] for lang in languages_of(i)]] = True
+    settings = dict(ratio=0.4, mode=mode, global_batch_size=batch, rank=0, world_size=1, seed=11)
+    plan = BatchComposer(table, LANGUAGES, steps_per_epoch=6, **settings).plan_epoch(2)
+    stream = StreamComposer(LANGUAGES, steps_per_epoch=6, **settings)
+    for step in range(plan.num_steps):
+        captions = [{lang: f"{lang}:{i}" for j, lang in enumerate(LANGUAGES) if table[i, j]}
+                    for i in plan.indices[step].tolist()]
+        lang_ids, _ = stream.assign(2, step, captions)
+        assert torch.equal(lang_ids, plan.lang_ids[step]), step
+    assert plan.redrawn.any() == missing
+    stats = stream.stats()
+    assert stats["composition/redraws"] == plan.redrawn.sum().item()
+    assert stats["composition/mono_share"] == pytest.approx(plan.mono.double().mean().item())
+    assert stats["composition/mono_step_share"] == pytest.approx(plan.mono_step.double().mean().item())
 
 
 # ---------------------------------------------------------------------------
@@ -194,7 +225,9 @@ def test_steps_per_epoch_continues_into_new_passes(tmp_path):
     comp = StreamComposer.from_config(config, LANGUAGES, 0, 1, data.nominal_steps)
     ids = [i for i, _, _ in read_epoch(data, comp, epoch=0)]
     assert len(ids) == 28 and set(ids) == set(range(10))  # 2.8 passes over 10 samples
-    assert comp.stats()["composition/mono_step_share"] >= 0.0 and data.skipped["stream_dropped"] == 0
+    drawn_mono = [comp.step_draws(0, step)["mono_step"] for step in range(7)]
+    assert comp.stats()["composition/mono_step_share"] == sum(drawn_mono) / 7  # every step counted once
+    assert data.skipped["stream_dropped"] == 0
 
 
 # ---------------------------------------------------------------------------

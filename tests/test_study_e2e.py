@@ -5,7 +5,8 @@
   metrics, the artifacts exist, and ``study.report`` rebuilds the same table from MLflow;
 * resume: a study interrupted (SIGINT) after its first trial continues with ``--resume`` to
   the requested number of trials, without re-running the finished one or duplicating runs
-  (a stand-in trial on a real ``TorchTrainer``, so the timing of the interruption is known);
+  (a stand-in trial on the product's own ``TorchTrainer``, ``build_trainer``, so the timing of
+  the interruption is known);
 * failed trials and a multi-objective study (a stand-in trial without Ray Train, fast).
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.standins import repo_env, standin_command
 from trainables.languages import FAMILIES
 from trainables.metric_names import FAMILY_METRIC, MAX_LOGGED_METRICS, TARGET_METRIC, logged_name
 from trainables.tracking import (
@@ -81,7 +83,6 @@ def _space(tmp_path: Path, text: str, name: str) -> Path:
 
 # ---------------------------------------------------------------------------
 def test_smoke_study_on_the_real_trial(tmp_path, data_cache):
-    pytest.importorskip("trainables.driver")
     done = _study(tmp_path, "--space", "smoke", "--name", "e2e", "--set", f"data_cache={data_cache}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -150,9 +151,9 @@ def _completed_trials(cwd: Path, name: str) -> list[str]:
 
 def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path):
     space = _space(tmp_path, RESUME_SPACE, "resume")
-    env = _env(MLCLIP_FAKE_EPOCH_S="2")
-    args = ["--space", str(space), "--name", "res", "--max-concurrent", "1", "--trial-fn", "study.testing:fit_trial_train"]
-    proc = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=tmp_path, env=env,
+    env = repo_env(_env())
+    args = ["--space", str(space), "--name", "res", "--max-concurrent", "1"]
+    proc = subprocess.Popen(standin_command("train", *args, epoch_s=2), cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + TIMEOUT_S
@@ -173,7 +174,8 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path):
     _, parent, children = _store(tmp_path, "res")
     assert parent.info.status == "KILLED" and all(c.info.status != "RUNNING" for c in children)
 
-    resumed = _study(tmp_path, "--resume", "--name", "res", env=env)
+    resumed = subprocess.run(standin_command("train", "--resume", "--name", "res", epoch_s=2), cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=TIMEOUT_S)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"Trial trial_{first[0]} started" not in resumed.stdout  # the finished trial is not re-run
 
@@ -206,8 +208,8 @@ params:
 
 def test_failed_trials_are_reported_and_the_pareto_front_printed(tmp_path):
     space = _space(tmp_path, PARETO_SPACE, "front")
-    env = _env(MLCLIP_FAKE_EPOCH_S="0.1", MLCLIP_FAKE_FAIL_ABOVE_RATIO="0.5")
-    done = _study(tmp_path, "--space", str(space), "--trial-fn", "study.testing:fit_trial_direct", env=env)
+    done = subprocess.run(standin_command("direct", "--space", str(space), epoch_s=0.1, fail_above=0.5), cwd=tmp_path,
+                          env=repo_env(_env()), capture_output=True, text=True, timeout=TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Pareto front (map100/multilingual max, bias/multilingual min)" in done.stdout
     assert "Failed trials:" in done.stdout and "non-finite loss" in done.stdout

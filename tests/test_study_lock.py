@@ -30,6 +30,7 @@ import pytest
 
 from study.lock import LOCK_FILE, Held, Lease, LockError, hold_study, holder_record, study_holder
 from study.state import experiment_exists
+from tests.standins import repo_env, standin_command
 from trainables.tracking import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, client_for
 
 HOST = socket.gethostname()
@@ -174,17 +175,17 @@ STUDY = "locked"
 TIMEOUT_S = 300
 
 
-def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "MLCLIP_FAKE_FAIL_ABOVE_RATIO")}
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env.update({"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                "PYTHONUNBUFFERED": "1", **extra})
-    return env
+                "PYTHONUNBUFFERED": "1"})
+    return repo_env(env)
 
 
-def _start(cwd: Path, log: str, *args: str, **env: str) -> subprocess.Popen:
-    """``python -m study.run ARGS`` in its own session, so its local Ray processes can be found by sid."""
-    return subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=_env(**env),
+def _start(cwd: Path, log: str, *args: str, epoch_s: float) -> subprocess.Popen:
+    """A study of stand-in trials (``epoch_s`` seconds an epoch) in its own session, so its local Ray
+    processes can be found by sid."""
+    return subprocess.Popen(standin_command("direct", *args, epoch_s=epoch_s), cwd=cwd, env=_env(),
                             stdout=(cwd / log).open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -248,22 +249,21 @@ def scenario(tmp_path_factory) -> Scenario:
     if busy:  # the machine's one local cluster is taken (a study of someone else on a shared machine)
         pytest.skip(f"another Ray instance or study runs on this machine ({busy}); these tests start local clusters")
     cwd = tmp_path_factory.mktemp("lock")
-    new = ["--space", "smoke", "--name", STUDY, "--epochs", "4", "--num-cpus", "2",
-           "--trial-fn", "study.testing:fit_trial_direct"]
-    first = _start(cwd, "a.log", *new, MLCLIP_FAKE_EPOCH_S="4")
+    new = ["--space", "smoke", "--name", STUDY, "--epochs", "4", "--num-cpus", "2"]
+    first = _start(cwd, "a.log", *new, epoch_s=4)
     try:
         _wait_for(lambda: "  parent:" in (cwd / "a.log").read_text() or first.poll() is not None, "study A to start")
         assert first.poll() is None, (cwd / "a.log").read_text()[-3000:]
         others = [subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=_env(),
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                   for args in (["--resume", "--name", STUDY],
-                               ["--space", "smoke", "--name", "second", "--trial-fn", "study.testing:fit_trial_direct"])]
+                               ["--space", "smoke", "--name", "second"])]
         refused = [subprocess.CompletedProcess(p.args, p.wait(timeout=TIMEOUT_S), *p.communicate()) for p in others]
         assert first.poll() is None, "study A ended before the refusals were checked: make its trials slower"
     finally:
         _kill_driver(first)
     left_lock = json.loads((cwd / "ray_results" / STUDY / LOCK_FILE).read_text())
-    resumes = [_start(cwd, f"r{i}.log", "--resume", "--name", STUDY, MLCLIP_FAKE_EPOCH_S="0.1") for i in range(2)]
+    resumes = [_start(cwd, f"r{i}.log", "--resume", "--name", STUDY, epoch_s=0.1) for i in range(2)]
     for proc in resumes:
         proc.wait(timeout=TIMEOUT_S)
     outputs = refused[1].stderr + "".join((cwd / f"r{i}.log").read_text() for i in range(2))

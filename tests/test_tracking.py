@@ -285,13 +285,13 @@ def test_a_failed_trial_ends_failed_with_its_reason(store):
 
 
 # --- the Tune function around the fit (no Ray: a stand-in Tune context) ---------------------------
-def _context(store, fit_path: str):
+def _context(store, fit):
     from study.trial import TrialContext
 
     uri, experiment_id, parent = store
     base = TrialConfig(epochs=2).to_dict()
     base.pop("ratio")
-    return TrialContext("s", base, fit_path, "/unused", uri, experiment_id, parent, metrics_first=("m",))
+    return TrialContext("s", base, fit, "/unused", uri, experiment_id, parent, metrics_first=("m",))
 
 
 @pytest.fixture
@@ -328,14 +328,14 @@ def test_run_trial_marks_success_and_replays_instead_of_retraining(store, tune_s
     from study.trial import run_trial
 
     tune_stub.trial_id = "ok1"
-    run_trial({"ratio": 0.5}, _context(store, "tests.test_tracking:fit_ok"))
+    run_trial({"ratio": 0.5}, _context(store, fit_ok))
     client = client_for(store[0])
     got = find_trial_run(client, _info(store, "ok1"))
     assert got.info.status == "FINISHED" and got.data.tags["mlclip.completed"] == "true"
     assert got.info.run_name == "r=0.5 · ok1"
     # Tune restarts the trial (its state predates the trial's end): no training, metrics re-reported
     # under the names a live trial reports (source names and the short aliases), without the params
-    run_trial({"ratio": 0.5}, _context(store, "tests.test_tracking:fit_boom"))
+    run_trial({"ratio": 0.5}, _context(store, fit_boom))
     assert tune_stub.reports == [
         {"map100/multilingual": 1.0, "train/loss": 1.0, "multi": 1.0, "epoch": 2.0},
     ]
@@ -347,7 +347,7 @@ def test_run_trial_records_a_failure_with_its_reason(store, tune_stub):
 
     tune_stub.trial_id = "bad1"
     with pytest.raises(ValueError):
-        run_trial({"ratio": 0.5}, _context(store, "tests.test_tracking:fit_boom"))
+        run_trial({"ratio": 0.5}, _context(store, fit_boom))
     got = find_trial_run(client_for(store[0]), _info(store, "bad1"))
     assert got.info.status == "FAILED" and got.data.tags[TAG_REASON] == "ValueError: bad image 7"
     assert got.data.params["ratio"] == "0.5"
@@ -358,7 +358,7 @@ def test_a_trial_stopped_by_tune_is_not_a_failure(store, tune_stub):
 
     tune_stub.trial_id = "stop1"
     with pytest.raises(SystemExit):
-        run_trial({"ratio": 0.5}, _context(store, "tests.test_tracking:fit_stopped"))
+        run_trial({"ratio": 0.5}, _context(store, fit_stopped))
     got = find_trial_run(client_for(store[0]), _info(store, "stop1"))
     assert got.info.status == "RUNNING" and TAG_REASON not in got.data.tags  # the study reconciles it
 
@@ -373,7 +373,7 @@ def test_a_trial_without_the_objective_fails_with_a_clear_reason(store, tune_stu
     from study.trial import run_trial
 
     tune_stub.trial_id = "typo1"
-    ctx = dataclasses.replace(_context(store, "tests.test_tracking:fit_wrong_metric"), objectives=("map100/multilingal",))
+    ctx = dataclasses.replace(_context(store, fit_wrong_metric), objectives=("map100/multilingal",))
     with pytest.raises(RuntimeError, match="reported no map100/multilingal"):
         run_trial({"ratio": 0.5}, ctx)
     got = find_trial_run(client_for(store[0]), _info(store, "typo1"))

@@ -52,20 +52,35 @@ def test_same_seed_same_metrics(tiny_config):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
-    run_local(tiny_config.replace(epochs=1), checkpoint_dir=tmp_path)
-    good = load_state(tmp_path)["model"]
     import trainables.train as train_mod
 
-    real_epoch = train_mod.train_one_epoch
+    real_epoch, good = train_mod.train_one_epoch, {}
 
-    def poisoned(state, *args, **kwargs):
-        with torch.no_grad():
-            train_mod._unwrap(state.model).logit_scale.fill_(float("nan"))
+    def poisoned_in_epoch_2(state, *args, **kwargs):
+        if state.epoch == 1:  # the second epoch: keep the weights after epoch 1, then poison them
+            model = train_mod._unwrap(state.model)
+            good.update({k: v.clone() for k, v in model.state_dict().items()})
+            with torch.no_grad():
+                model.logit_scale.fill_(float("nan"))
         return real_epoch(state, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "train_one_epoch", poisoned)
+    monkeypatch.setattr(train_mod, "train_one_epoch", poisoned_in_epoch_2)
     with pytest.raises(NonFiniteLossError, match="non-finite training loss in epoch 2"):
         run_local(tiny_config.replace(epochs=2), checkpoint_dir=tmp_path)
     kept = load_state(tmp_path)
-    assert kept["epoch"] == 0
+    assert kept["epoch"] == 0 and good
     assert all(torch.equal(kept["model"][k], good[k]) for k in good)
+
+
+def test_a_checkpoint_of_other_settings_is_refused_not_continued(tiny_config, tmp_path):
+    """A resumed trial whose settings changed (here lr) stops with one line naming the field; a
+    change of where things live or how many workers (data_cache, num_workers) is no change."""
+    from trainables.config import ConfigError, resume_differences
+
+    run_local(tiny_config.replace(epochs=1), checkpoint_dir=tmp_path)
+    saved = load_state(tmp_path)["config"]
+    with pytest.raises(ConfigError, match=r"written with other settings: lr \(0\.001 -> 0\.002\); start the trial afresh"):
+        run_local(tiny_config.replace(epochs=1, lr=2e-3), checkpoint_dir=tmp_path)
+    assert resume_differences(saved, tiny_config.replace(epochs=1, num_workers=2, data_cache=str(tmp_path))) == []
+    assert resume_differences(saved, tiny_config.replace(epochs=1, ratio=0.25, seed=3)) == [
+        "ratio (0.5 -> 0.25)", "seed (0 -> 3)"]

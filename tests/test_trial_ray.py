@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-ray = pytest.importorskip("ray")
+import ray
 
 
 @pytest.fixture(scope="module")
@@ -16,25 +16,33 @@ def ray_local():
 
 @pytest.mark.slow
 def test_two_workers_report_checkpoint_and_resume(ray_local, tiny_config, tmp_path):
-    from trainables.driver import fit_trial
+    """A 2-worker trial stopped after epoch 1 resumes at epoch 2 from its checkpoint (same name and
+    storage); a trial whose settings changed refuses the checkpoint instead of continuing it."""
+    from tests.standins import MarkedWorker
+    from trainables.driver import TrialFailed, fit_trial
     from trainables.session import load_state
 
-    config = tiny_config.replace(num_workers=2, epochs=1)
-    result = fit_trial(config, name="trial_two_workers", storage_path=str(tmp_path))
-    assert result.metrics["epoch"] == 1.0
-    assert math.isfinite(result.metrics["map10/multilingual"])
-    assert 0.0 <= result.metrics["composition/mono_share"] <= 1.0
-    assert result.checkpoint is not None
-    with result.checkpoint.as_directory() as directory:
-        assert load_state(directory)["config"]["num_workers"] == 2
+    config = tiny_config.replace(num_workers=2, epochs=2)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    run = dict(name="trial_two_workers", storage_path=str(tmp_path / "runs"))
+    with pytest.raises(TrialFailed, match="stopped after epoch 1"):
+        fit_trial(config, train_loop=MarkedWorker(str(marks), stop_after=1), **run)
+    assert sorted(p.name.split(".pid")[0] for p in marks.iterdir()) == ["rank0.epoch1", "rank1.epoch1"]
 
-    # Same name + storage: Ray Train finds the run's checkpoints and the loop resumes at epoch 2.
-    resumed = fit_trial(config.replace(epochs=2), name="trial_two_workers", storage_path=str(tmp_path))
+    for path in marks.iterdir():
+        path.unlink()
+    resumed = fit_trial(config, train_loop=MarkedWorker(str(marks)), **run)
+    assert sorted(p.name.split(".pid")[0] for p in marks.iterdir()) == ["rank0.epoch2", "rank1.epoch2"]  # not epoch 1
     assert resumed.metrics["epoch"] == 2.0
-    history = resumed.metrics_dataframe
-    assert list(history["epoch"]) == [1.0, 2.0]
-    # Epoch 1's row is the restored record of the first fit (identical timing), not a re-run.
-    assert history["train/epoch_time_s"].iloc[0] == result.metrics["train/epoch_time_s"]
+    assert math.isfinite(resumed.metrics["map10/multilingual"])
+    assert 0.0 <= resumed.metrics["composition/mono_share"] <= 1.0
+    with resumed.checkpoint.as_directory() as directory:
+        saved = load_state(directory)
+    assert saved["epoch"] == 1 and saved["config"]["num_workers"] == 2
+
+    with pytest.raises(TrialFailed, match=r"written with other settings: epochs \(2 -> 3\)"):
+        fit_trial(config.replace(epochs=3), **run)
 
 
 @pytest.mark.slow

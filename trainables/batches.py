@@ -45,7 +45,7 @@ class TokenizedTrainSet:
 
     def epoch_batches(self, composer, epoch: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """``(step, images, tokens)`` of this rank for every step of ``epoch`` planned by a BatchComposer."""
-        for step, indices, lang_ids in composer.local_batches(epoch, start_step=0):
+        for step, indices, lang_ids in composer.local_batches(epoch):
             images, tokens = self.batch(indices, lang_ids)
             yield step, images, tokens
 

@@ -3,39 +3,32 @@
 The study's subject is the share of monolingual data in training batches (hybrid batch
 training, Elmahdy et al., arXiv 2408.10536). :class:`BatchComposer` turns a caption
 availability table into a reproducible plan of global batches, identical on every DDP
-rank, and hands each rank its contiguous slice.
+rank, and hands each rank its contiguous slice. Which slots of a step are monolingual, and
+in which language, is the composition rule of :mod:`trainables.composition`, shared with
+the streamed path; this module adds the epoch's sample order and the redraws.
 
 Determinism contract
 --------------------
-Every random draw of an epoch comes from one ``torch.Generator`` (CPU) seeded by a hash
-of ``(seed, epoch)``; all draws are made for the whole epoch at once, so the content of
-global step ``s`` is a function of ``(seed, epoch, s)`` and the inputs only. No rank id,
-world size or global random state is used: every rank computes the same global plan, and
-the plan does not change when the number of workers changes (elastic resume is safe).
+The epoch's sample order comes from a ``torch.Generator`` (CPU) seeded by a hash of
+``(seed, epoch)``, each step's composition from one seeded by ``(seed, epoch, step)``; so
+the content of global step ``s`` is a function of ``(seed, epoch, s)`` and the inputs only.
+No rank id, world size or global random state is used: every rank computes the same global
+plan, and the plan does not change when the number of workers changes (elastic resume is safe).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import torch
 
-from trainables.config import COMPOSER_MODES, LANGUAGE_WEIGHTINGS, MISSING_CAPTION_POLICIES
-from trainables.languages import canonical_language
+from trainables.composition import (ComposerError, MissingCaptionError, canonical_languages, check_train_languages,
+                                    compose_step, missing_caption_message, redraw_languages, stable_seed)
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainables.config import TrialConfig
-
-
-class ComposerError(ValueError):
-    """Invalid composer input (the message names the argument and the problem)."""
-
-
-class MissingCaptionError(ValueError):
-    """A sample lacks a caption in the drawn language and the policy is ``error``."""
 
 
 @dataclass(frozen=True)
@@ -71,29 +64,23 @@ class EpochPlan:
         return int(self.indices.shape[0])
 
 
-def _seed_from(*parts: Any) -> int:
-    """A 63-bit generator seed from a stable (process- and platform-independent) hash."""
-    text = "|".join(["mlclip-composer", *map(str, parts)])
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") & (2**63 - 1)
-
-
 class BatchComposer:
     """Plans reproducible global batches with a given monolingual share.
+
+    The trial's settings (``ratio``, ``mode``, batch size, policies, ...) come checked by
+    :class:`~trainables.config.TrialConfig` (:meth:`from_config`); what this class checks
+    is the data: the availability table, its languages, enough usable samples.
 
     Args:
         available: BoolTensor [N, L]; ``available[i, j]`` = sample i has a caption in
             ``languages[j]``.
         languages: the L language codes of the columns (aliases such as ``jp`` accepted).
         ratio: r in [0, 1], the share of monolingual data.
-        mode: ``per_batch``: each global step is monolingual with probability r (all its
-            captions in one language drawn for the step), otherwise cross-lingual (each
-            item's language drawn independently). ``within_batch``: each global batch holds
-            exactly k = round(r*B) (Python ``round``) monolingual slots in the step's
-            language and B-k slots with independently drawn languages. The monolingual
-            slots are random positions of the global batch (preferring items that have
-            a caption in the step language, so redraws are rare), hence the ratio holds for
-            the global batch while rank slices differ in their share.
-        global_batch_size: B, the batch over all ranks; must be divisible by world_size.
+        mode: ``per_batch`` or ``within_batch``, as in :func:`~trainables.composition.compose_step`;
+            within_batch's monolingual slots prefer items that have a caption in the step
+            language, so the ratio holds for the global batch while rank slices differ in
+            their share.
+        global_batch_size: B, the batch over all ranks, divisible by world_size.
         rank, world_size: this process's slice is ``[rank*b, (rank+1)*b)``, b = B // world_size.
         seed: base seed of all draws (see module docstring).
         language_weighting: ``uniform`` over the train languages, or ``size``: proportional
@@ -131,11 +118,9 @@ class BatchComposer:
         steps_per_epoch: Optional[int] = None,
         drop_last: bool = True,
     ) -> None:
-        self.languages = _canonical_languages(languages, "languages")
+        self.languages = canonical_languages(languages, "languages")
         self.available = _check_available(available, len(self.languages))
         self.train_languages = check_train_languages(self.languages, train_languages)
-        self._check_scalars(ratio, mode, global_batch_size, rank, world_size, language_weighting,
-                            missing_caption_policy, steps_per_epoch)
         self.ratio, self.mode, self.seed = float(ratio), mode, int(seed)
         self.global_batch_size, self.rank, self.world_size = global_batch_size, rank, world_size
         self.local_batch_size = global_batch_size // world_size
@@ -144,7 +129,7 @@ class BatchComposer:
         self._setup_samples()
         self._plan: Optional[EpochPlan] = None
         self._epoch: Optional[int] = None
-        self._position = 0  # global steps of self._epoch produced so far
+        self._position = 0  # global steps of self._epoch produced so far (for stats)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -157,26 +142,6 @@ class BatchComposer:
             language_weighting=config.language_weighting, train_languages=config.train_languages,
             missing_caption_policy=config.missing_caption_policy, steps_per_epoch=config.steps_per_epoch,
         )
-
-    @staticmethod
-    def _check_scalars(ratio, mode, batch, rank, world, weighting, policy, steps) -> None:
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
-            raise ComposerError(f"ratio={ratio!r}: the monolingual ratio must lie in [0, 1]")
-        for name, value, allowed in (("mode", mode, COMPOSER_MODES), ("language_weighting", weighting,
-                                     LANGUAGE_WEIGHTINGS), ("missing_caption_policy", policy,
-                                     MISSING_CAPTION_POLICIES)):
-            if value not in allowed:
-                raise ComposerError(f"{name}={value!r}: must be one of {', '.join(allowed)}")
-        for name, value in (("global_batch_size", batch), ("world_size", world)):
-            if not isinstance(value, int) or value < 1:
-                raise ComposerError(f"{name}={value!r}: must be a positive integer")
-        if batch % world:
-            raise ComposerError(f"global_batch_size={batch} is not divisible by world_size={world}: "
-                                "the global batch must split evenly over the ranks")
-        if not isinstance(rank, int) or not 0 <= rank < world:
-            raise ComposerError(f"rank={rank!r}: must lie in [0, world_size={world})")
-        if steps is not None and (not isinstance(steps, int) or steps < 1):
-            raise ComposerError(f"steps_per_epoch={steps!r}: must be a positive integer or None")
 
     def _setup_samples(self) -> None:
         """Eligible samples, drawable languages and their weights (fixed for all epochs)."""
@@ -209,26 +174,27 @@ class BatchComposer:
     def plan_epoch(self, epoch: int) -> EpochPlan:
         """The full global plan of ``epoch`` (cached for the latest epoch asked for).
 
-        Vectorised: one generator, a handful of batched draws for all S*B items.
-        Raises MissingCaptionError under the ``error`` policy.
+        The sample order first (one generator for the epoch), then each step's composition
+        (:func:`~trainables.composition.compose_step`), then the redraws of samples that lack
+        their drawn language. Raises MissingCaptionError under the ``error`` policy.
         """
         if self._plan is not None and self._plan.epoch == epoch:
             return self._plan
-        gen = torch.Generator().manual_seed(_seed_from(self.seed, int(epoch)))
-        order = self._epoch_order(gen)  # [S, B]
-        steps = order.shape[0]
-        step_lang = self._draw_languages(steps, gen)  # [S]
-        mono_slot = self._mono_slots(order, step_lang, gen)  # [S, B]
-        cross = self._draw_languages(steps * order.shape[1], gen).view_as(order)
-        lang = torch.where(mono_slot, step_lang[:, None], cross)
+        order = self._epoch_order(torch.Generator().manual_seed(stable_seed(self.seed, int(epoch))))  # [S, B]
+        steps = [compose_step(self.seed, epoch, s, ratio=self.ratio, mode=self.mode, weights=self.language_weights,
+                              batch=self.global_batch_size, available=self.available[order[s]])
+                 for s in range(order.shape[0])]
+        mono_slot = torch.stack([c.mono_slot for c in steps])  # [S, B]
+        lang = torch.stack([c.lang for c in steps])  # [S, B]
         redrawn = ~self.available[order, lang]
         if redrawn.any():
             if self.missing_caption_policy == "error":
                 self._raise_missing(epoch, order, lang, redrawn)
-            lang[redrawn] = self._redraw(order[redrawn], gen)
-        mono_step = mono_slot.all(dim=1)
+            u = torch.stack([c.u for c in steps])
+            lang[redrawn] = redraw_languages(u[redrawn], self._avail_train[order[redrawn]], self.language_weights)
+        step_lang = torch.tensor([c.step_lang for c in steps], dtype=torch.long)
         step_lang = torch.where(mono_slot.any(dim=1), step_lang, torch.full_like(step_lang, -1))
-        self._plan = EpochPlan(int(epoch), order, lang, mono_slot & ~redrawn, mono_step, step_lang,
+        self._plan = EpochPlan(int(epoch), order, lang, mono_slot & ~redrawn, mono_slot.all(dim=1), step_lang,
                                redrawn, self._skipped)
         return self._plan
 
@@ -247,60 +213,22 @@ class BatchComposer:
                   for _ in range(math.ceil(steps / per_pass))]
         return torch.cat(passes)[: steps * batch].view(steps, batch)
 
-    def _draw_languages(self, count: int, gen: torch.Generator) -> torch.Tensor:
-        """``count`` independent language ids (LongTensor) from the language weights."""
-        return torch.multinomial(self.language_weights, count, replacement=True, generator=gen)
-
-    def _mono_slots(self, order: torch.Tensor, step_lang: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """BoolTensor [S, B] of monolingual slots.
-
-        per_batch: whole rows, each with probability r. within_batch: exactly
-        k = round(r*B) random positions per row, preferring items that have the step
-        language (random order among those, then among the others).
-        """
-        steps, batch = order.shape
-        noise = torch.rand(steps, batch, generator=gen)
-        if self.mode == "per_batch":
-            mono_step = torch.rand(steps, generator=gen) < self.ratio
-            return mono_step[:, None].expand(steps, batch).clone()
-        k = round(self.ratio * batch)
-        lacks = ~self.available[order, step_lang[:, None].expand(steps, batch)]
-        rank_in_row = torch.argsort(noise + lacks.double(), dim=1).argsort(dim=1)
-        return rank_in_row < k
-
-    def _redraw(self, samples: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """New language ids for ``samples`` [M]: weighted draw among each one's own train languages."""
-        probs = self.language_weights[None, :] * self._avail_train[samples].double()  # [M, L]
-        return torch.multinomial(probs, 1, generator=gen).flatten()
-
     def _raise_missing(self, epoch: int, order: torch.Tensor, lang: torch.Tensor, missing: torch.Tensor):
         step, pos = (int(v) for v in torch.nonzero(missing)[0])
         sample, language = int(order[step, pos]), self.languages[int(lang[step, pos])]
-        raise MissingCaptionError(
-            f"sample {sample} has no caption in language {language!r} (drawn for epoch {epoch}, step {step}) "
-            f"and missing_caption_policy='error'; use 'redraw' to draw among the sample's own languages"
-        )
+        raise MissingCaptionError(missing_caption_message(sample, language, epoch, step))
 
     # ------------------------------------------------------------------ iteration
-    def local_batches(self, epoch: int, start_step: Optional[int] = None
-                      ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """Yield ``(step, indices[b], lang_ids[b])`` of THIS rank for the steps of ``epoch``.
+    def local_batches(self, epoch: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Yield ``(step, indices[b], lang_ids[b])`` of THIS rank for every step of ``epoch``.
 
-        ``start_step`` None resumes at the position restored by :meth:`load_state_dict`
-        when it is for this epoch, else starts at 0. The position (for :meth:`stats` and
-        :meth:`state_dict`) advances to ``step + 1`` as each step is yielded.
+        The position (for :meth:`stats`) advances to ``step + 1`` as each step is yielded. A
+        trial checkpoints at epoch ends, so an epoch always starts at step 0.
         """
-        if start_step is None:
-            start_step = self._position if self._epoch == epoch else 0
         plan = self.plan_epoch(epoch)
-        if not 0 <= start_step <= plan.num_steps:
-            raise ComposerError(f"start_step={start_step} outside [0, {plan.num_steps}] for epoch {epoch}")
-        self._epoch, self._position = int(epoch), start_step
-        return self._iterate(plan, start_step)
-
-    def _iterate(self, plan: EpochPlan, start_step: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        self._epoch, self._position = int(epoch), 0
         lo, hi = self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size
-        for step in range(start_step, plan.num_steps):
+        for step in range(plan.num_steps):
             self._position = step + 1
             yield step, plan.indices[step, lo:hi], plan.lang_ids[step, lo:hi]
 
@@ -326,7 +254,7 @@ class BatchComposer:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """Checkpointable position: seed, epoch, steps produced, counters, and a fingerprint."""
+        """Checkpointable state (taken at an epoch end): seed, epoch, steps produced, counters, a fingerprint."""
         stats = self.stats() if self._epoch is not None else {}
         return {
             "seed": self.seed, "epoch": self._epoch, "step": self._position,
@@ -335,7 +263,7 @@ class BatchComposer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore seed and position; the next ``local_batches(epoch)`` resumes there.
+        """Restore the seed and the last epoch's position (its :meth:`stats`), refusing another data set.
 
         The world size may differ from the saved run (the global plan does not depend on it).
         """
@@ -347,33 +275,6 @@ class BatchComposer:
         self._plan = None
         self._epoch = None if state.get("epoch") is None else int(state["epoch"])
         self._position = int(state.get("step", 0))
-
-
-def _canonical_languages(codes: Sequence[str], name: str) -> tuple[str, ...]:
-    """Canonical codes, rejecting unknown or duplicate ones with one ComposerError."""
-    if isinstance(codes, str):
-        raise ComposerError(f"{name}={codes!r}: expected a sequence of language codes, not a string")
-    try:
-        out = tuple(canonical_language(code) for code in codes)
-    except ValueError as err:
-        raise ComposerError(f"{name}: {err}") from None
-    if len(set(out)) != len(out):
-        raise ComposerError(f"{name}={list(codes)!r}: duplicate language codes")
-    if not out:
-        raise ComposerError(f"{name}: at least one language is needed")
-    return out
-
-
-def check_train_languages(languages: tuple[str, ...], train_languages: Optional[Sequence[str]]) -> tuple[str, ...]:
-    """Canonical ``train_languages`` (default: all of ``languages``); each must be among ``languages``."""
-    if train_languages is None:
-        return languages
-    train = _canonical_languages(train_languages, "train_languages")
-    outside = [lang for lang in train if lang not in languages]
-    if outside:
-        raise ComposerError(f"train_languages: {', '.join(outside)} not among the data's languages "
-                            f"({', '.join(languages)})")
-    return train
 
 
 def _check_available(available: Any, num_languages: int) -> torch.Tensor:

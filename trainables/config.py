@@ -117,6 +117,7 @@ class TrialConfig:
     # --- evaluation --------------------------------------------------------
     eval_k: int = 100
     eval_every: int = 2  # epochs (and always the last): the default evaluates after 200, 400 and 500 steps
+    progress_every_s: float = 10.0  # seconds between a worker's progress lines (0: none)
     # --- distribution ------------------------------------------------------
     num_workers: int = 1
     use_gpu: bool = False
@@ -194,7 +195,7 @@ class TrialConfig:
             value = getattr(self, name)
             if _not_number(value) or not math.isfinite(value) or value <= 0:
                 bad(name, "must be a positive finite number")
-        for name in ("weight_decay", "grad_clip"):
+        for name in ("weight_decay", "grad_clip", "progress_every_s"):
             value = getattr(self, name)
             if _not_number(value) or not math.isfinite(value) or value < 0:
                 bad(name, "must be a non-negative finite number")
@@ -296,9 +297,24 @@ FIELD_DOCS: dict[str, str] = {
     "hf_text_model": "an HF text tower (local folder or hub name) on the vision tower of model, random init",
     "eval_k": "cut-off k of AP@k and the pools' top-k",
     "eval_every": "evaluate every this many epochs (and always after the last)",
+    "progress_every_s": "seconds between the progress lines a Ray worker prints inside an epoch (0: none)",
     "num_workers": "Ray Train (DDP) workers of the trial",
     "use_gpu": "train on one GPU per worker",
 }
+
+
+# Fields a resumed trial may change: where things live and how the work is spread, not what is
+# trained (the composer's plan does not depend on the number of workers).
+RESUMABLE_FIELDS = frozenset({"data_cache", "images_dir", "loader_workers", "num_workers", "progress_every_s"})
+
+
+def resume_differences(saved: dict[str, Any], config: TrialConfig) -> list[str]:
+    """``field (saved -> running)`` for each field of a checkpoint's saved config (``to_dict`` form)
+    that differs from ``config``, except :data:`RESUMABLE_FIELDS`. Fields the checkpoint lacks
+    (written before they existed) are not compared."""
+    running = config.to_dict()
+    return [f"{name} ({saved[name]!r} -> {running[name]!r})" for name in running
+            if name in saved and name not in RESUMABLE_FIELDS and saved[name] != running[name]]
 
 
 def describe_fields() -> list[tuple[str, str, str, str]]:
@@ -330,4 +346,5 @@ def _choice(cfg: TrialConfig, name: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be one of {', '.join(allowed)}")
 
 
-__all__ = ["TrialConfig", "ConfigError", "COMPOSER_MODES", "FIELD_DOCS", "describe_fields"]
+__all__ = ["TrialConfig", "ConfigError", "COMPOSER_MODES", "FIELD_DOCS", "RESUMABLE_FIELDS", "describe_fields",
+           "resume_differences"]

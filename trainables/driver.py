@@ -9,8 +9,7 @@ restores a run from its storage by name, so a restarted trial finds its checkpoi
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from trainables.config import TrialConfig
 
@@ -26,32 +25,33 @@ class TrialFailed(RuntimeError):
 
 
 def ray_worker_entry(payload: dict[str, Any]) -> None:
-    """What Ray Train runs on every worker: rebuild the typed config and train."""
+    """What Ray Train runs on every worker: train ``payload["config"]`` (the trial's TrialConfig,
+    as built and validated once by the trial) in a Ray Train session."""
     from trainables.session import RaySession
-    from trainables.tracking import TrackingInfo
     from trainables.train import train_worker
 
-    config = TrialConfig.from_dict(payload["config"])
-    tracking = TrackingInfo(**payload["tracking"]) if payload.get("tracking") else None
-    train_worker(config, RaySession(config.use_gpu), tracking)
+    config: TrialConfig = payload["config"]
+    train_worker(config, RaySession(config.use_gpu), payload["tracking"])
 
 
 def build_trainer(config: TrialConfig, *, name: str, storage_path: str, tracking=None,
                   callbacks: Sequence = (), max_failures: int = 0,
-                  resources_per_worker: Optional[dict] = None):
+                  resources_per_worker: Optional[dict] = None,
+                  train_loop: Callable[[dict], None] = ray_worker_entry):
     """A ``TorchTrainer`` for one trial.
 
     ``config.num_workers`` workers (1 CPU each, plus 1 GPU each with ``use_gpu``),
     gloo on CPU and NCCL on GPU; ``max_failures`` restarts of the worker group from
-    the latest checkpoint; the two newest checkpoints are kept.
+    the latest checkpoint; the two newest checkpoints are kept. ``train_loop`` is the
+    per-worker function; it receives ``{"config": TrialConfig, "tracking": TrackingInfo | None}``
+    (default :func:`ray_worker_entry`, which trains; another one, e.g. a test's, may wrap it).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    payload = {"config": config.to_dict(), "tracking": asdict(tracking) if tracking is not None else None}
     return TorchTrainer(
-        ray_worker_entry,
-        train_loop_config=payload,
+        train_loop,
+        train_loop_config={"config": config, "tracking": tracking},
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=config.num_workers,

@@ -2,7 +2,7 @@
 
 On a terminal (a trial run in this process with ``run_local``): a ``tqdm`` bar. Otherwise
 (every Ray worker: its output is a pipe that Ray forwards to the study's console) one line
-every ``MLCLIP_PROGRESS_S`` seconds (default 10; 0 switches it off)::
+every ``progress_every_s`` seconds of the trial config (default 10; 0 switches it off)::
 
     r=0.02 s=1 epoch=1/4 step=120/200 loss=3.912 samples/s=58.1 eta=2m05s
 
@@ -14,22 +14,11 @@ The ETA is the training time left in the trial at the current rate (evaluations 
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any, Callable, Optional, TextIO
 
-PROGRESS_ENV = "MLCLIP_PROGRESS_S"
 DEFAULT_EVERY_S = 10.0
-
-
-def progress_interval() -> float:
-    """Seconds between progress lines: ``$MLCLIP_PROGRESS_S`` (0 = none), else 10."""
-    text = os.environ.get(PROGRESS_ENV, "")
-    try:
-        return max(0.0, float(text)) if text.strip() else DEFAULT_EVERY_S
-    except ValueError:
-        return DEFAULT_EVERY_S
 
 
 def format_duration(seconds: float) -> str:
@@ -54,7 +43,7 @@ class StepProgress:
                  clock: Callable[[], float] = time.monotonic):
         self.label, self.epoch, self.epochs, self.steps, self.batch_size = label, epoch, epochs, steps, batch_size
         self.stream = stream or sys.stdout
-        self.every_s = progress_interval() if every_s is None else every_s
+        self.every_s = DEFAULT_EVERY_S if every_s is None else every_s
         self.enabled = enabled and self.every_s > 0
         self.clock = clock
         self.started = self._next = clock()
@@ -112,4 +101,5 @@ def trial_label(config: Any) -> str:
 
 def epoch_progress(config: Any, epoch: int, steps: int, rank: int) -> StepProgress:
     """The progress of ``epoch`` for this rank: rank 0 reports, the others stay silent."""
-    return StepProgress(trial_label(config), epoch, config.epochs, steps, config.batch_size, enabled=rank == 0)
+    return StepProgress(trial_label(config), epoch, config.epochs, steps, config.batch_size, enabled=rank == 0,
+                        every_s=config.progress_every_s)

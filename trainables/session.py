@@ -69,7 +69,6 @@ class Session:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
-    under_ray: bool = False
 
     def report(self, metrics: dict[str, float], state: Optional[dict[str, Any]]) -> None:
         raise NotImplementedError
@@ -103,8 +102,6 @@ class LocalSession(Session):
 
 class RaySession(Session):
     """A Ray Train worker: rank/world from the train context, checkpoints through ``ray.train``."""
-
-    under_ray = True
 
     def __init__(self, use_gpu: bool) -> None:
         import ray.train

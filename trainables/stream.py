@@ -5,20 +5,23 @@ With ``train_loading="stream"`` each rank reads its own split of the shards
 decoded in ``loader_workers`` processes) and the composer chooses the caption language of
 each sample as its batch is formed. The in-memory path (:class:`trainables.composer.BatchComposer`)
 plans a whole epoch from a global availability table; a stream has no such table, so here
-every global step is decided from a generator seeded by ``(seed, epoch, step)``:
+each global step is composed as its batch is formed, by the same rule
+(:func:`trainables.composition.compose_step`, seeded by ``(seed, epoch, step)``):
 
 * identical on every rank: whether the step is monolingual, its language, which global
   positions are monolingual slots (``within_batch``), a cross-lingual language draw and a
   uniform number ``u`` per global position. Rank ``r`` uses positions ``[r*b, (r+1)*b)``;
 * per sample: the drawn language is used when the sample has that caption; otherwise
   (``redraw``) a language is taken among the sample's own train languages by inverse CDF
-  of ``u`` over their weights, and counted; (``error``) :class:`MissingCaptionError`.
+  of ``u`` over their weights (:func:`~trainables.composition.redraw_languages`), and
+  counted; (``error``) :class:`MissingCaptionError`.
 
-Hence the global monolingual share holds exactly as in the in-memory composer. What
-differs: the samples of a step are those the stream delivers (shard order shuffled per
-epoch), ``within_batch`` slots cannot prefer samples that have the step language (more
-redraws), and ``language_weighting="size"`` is not available (it needs caption counts
-before the stream is read).
+Hence, given the same samples in the same order, a stream gets the in-memory composer's
+languages (tested). What differs: the samples of a step are those the stream delivers
+(shard order shuffled per epoch), ``within_batch`` slots cannot prefer samples that have
+the step language (a rank does not see the others' samples: more redraws), and
+``language_weighting="size"`` is not available (it needs caption counts before the stream
+is read).
 
 Epochs and DDP: with ``steps_per_epoch`` unset an epoch is one pass over the shards. Ranks
 may hold different numbers of samples (splits differ by up to a shard, and skipped images
@@ -36,8 +39,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
-from trainables.composer import (ComposerError, MissingCaptionError, _canonical_languages, _seed_from,
-                                  check_train_languages)
+from trainables.composition import (ComposerError, MissingCaptionError, canonical_languages, check_train_languages,
+                                    compose_step, missing_caption_message, redraw_languages)
 from trainables.config import TrialConfig
 
 SKIP_KEYS = ("missing_images", "unreadable_images", "no_train_caption", "stream_dropped")
@@ -79,7 +82,7 @@ class StreamComposer:
     Args:
         languages: the language codes of the id axis (every language a caption may have).
         ratio, mode, global_batch_size, rank, world_size, seed, missing_caption_policy:
-            as in :class:`trainables.composer.BatchComposer`.
+            as in :class:`trainables.composer.BatchComposer` (checked by ``TrialConfig``).
         train_languages: the languages that may be drawn, uniformly (default: all).
         steps_per_epoch: the nominal number of global steps per epoch, used for the
             learning-rate schedule (:meth:`num_steps`); a pass may end earlier.
@@ -88,12 +91,8 @@ class StreamComposer:
     def __init__(self, languages: Sequence[str], *, ratio: float, mode: str, global_batch_size: int, rank: int,
                  world_size: int, seed: int, steps_per_epoch: int, train_languages: Optional[Sequence[str]] = None,
                  missing_caption_policy: str = "redraw") -> None:
-        from trainables.composer import BatchComposer
-
-        self.languages = _canonical_languages(languages, "languages")
+        self.languages = canonical_languages(languages, "languages")
         train = check_train_languages(self.languages, train_languages)
-        BatchComposer._check_scalars(ratio, mode, global_batch_size, rank, world_size, "uniform",
-                                     missing_caption_policy, steps_per_epoch)
         self.train_languages = train
         self.ratio, self.mode, self.seed = float(ratio), mode, int(seed)
         self.global_batch_size, self.rank, self.world_size = global_batch_size, rank, world_size
@@ -101,7 +100,6 @@ class StreamComposer:
         self.missing_caption_policy, self.steps_per_epoch = missing_caption_policy, int(steps_per_epoch)
         weights = torch.tensor([float(lang in train) for lang in self.languages], dtype=torch.float64)
         self.language_weights = weights / weights.sum()  # [L], uniform over the train languages
-        self._train_ids = [j for j, lang in enumerate(self.languages) if lang in train]
         self._epoch: Optional[int] = None
         self._reset_counts()
 
@@ -131,20 +129,12 @@ class StreamComposer:
         ``u`` DoubleTensor [b] (for redraws), and the step-wide ``mono_step`` (bool, every
         global slot monolingual) and ``step_lang`` (int, -1 when the step has no mono slot).
         """
-        gen = torch.Generator().manual_seed(_seed_from(self.seed, "stream", int(epoch), int(step)))
-        batch = self.global_batch_size
-        step_lang = torch.multinomial(self.language_weights, 1, generator=gen)
-        if self.mode == "per_batch":
-            mono = torch.full((batch,), bool(torch.rand(1, generator=gen) < self.ratio))
-        else:
-            mono = torch.zeros(batch, dtype=torch.bool)
-            mono[torch.randperm(batch, generator=gen)[: round(self.ratio * batch)]] = True
-        cross = torch.multinomial(self.language_weights, batch, replacement=True, generator=gen)
-        u = torch.rand(batch, generator=gen, dtype=torch.float64)
-        lang = torch.where(mono, step_lang, cross)
+        drawn = compose_step(self.seed, epoch, step, ratio=self.ratio, mode=self.mode, weights=self.language_weights,
+                             batch=self.global_batch_size)
         lo, hi = self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size
-        return {"mono_slot": mono[lo:hi], "lang": lang[lo:hi], "u": u[lo:hi], "mono_step": bool(mono.all()),
-                "step_lang": int(step_lang) if bool(mono.any()) else -1}
+        return {"mono_slot": drawn.mono_slot[lo:hi].clone(), "lang": drawn.lang[lo:hi], "u": drawn.u[lo:hi],
+                "mono_step": bool(drawn.mono_slot.all()),
+                "step_lang": drawn.step_lang if bool(drawn.mono_slot.any()) else -1}
 
     def assign(self, epoch: int, step: int, captions: Sequence[dict[str, str]],
                keys: Optional[Sequence[str]] = None) -> tuple[torch.Tensor, list[str]]:
@@ -160,11 +150,8 @@ class StreamComposer:
             code = self.languages[int(lang_ids[i])]
             if code not in caps:
                 if self.missing_caption_policy == "error":
-                    name = keys[i] if keys else f"#{i}"
-                    raise MissingCaptionError(
-                        f"sample {name} has no caption in language {code!r} (drawn for epoch {epoch}, step {step}) "
-                        "and missing_caption_policy='error'; use 'redraw' to draw among the sample's own languages")
-                lang_ids[i] = self._redraw(caps, float(draws["u"][i]))
+                    raise MissingCaptionError(missing_caption_message(keys[i] if keys else f"#{i}", code, epoch, step))
+                lang_ids[i] = self._redraw(caps, draws["u"][i : i + 1])
                 redrawn += 1
                 draws["mono_slot"][i] = False  # a redrawn item is not monolingual
             texts.append(caps[self.languages[int(lang_ids[i])]])
@@ -177,13 +164,12 @@ class StreamComposer:
         counts[5:] += torch.bincount(lang_ids, minlength=len(self.languages)).double()
         return lang_ids, texts
 
-    def _redraw(self, captions: dict[str, str], u: float) -> int:
-        own = [j for j in self._train_ids if self.languages[j] in captions]
-        if not own:
+    def _redraw(self, captions: dict[str, str], u: torch.Tensor) -> int:
+        """A language among the sample's own train languages (``u``: DoubleTensor [1])."""
+        allowed = torch.tensor([[lang in captions and lang in self.train_languages for lang in self.languages]])
+        if not allowed.any():
             raise ComposerError("a sample without any train-language caption reached the composer")
-        weights = self.language_weights[own]
-        cdf = torch.cumsum(weights / weights.sum(), 0)
-        return own[min(int(torch.searchsorted(cdf, torch.tensor(u, dtype=torch.float64), right=True)), len(own) - 1)]
+        return int(redraw_languages(u, allowed, self.language_weights)[0])
 
     def stats(self) -> dict[str, float]:
         """Realised composition of this epoch's global batches so far (a collective: every rank calls it)."""

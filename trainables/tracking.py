@@ -1,4 +1,13 @@
-"""MLflow tracking of a study: one child run per trial under the study's parent run.
+"""The MLflow layout of a study, in one place: what is written where, and how it is found again.
+
+The workers (rank 0 of each trial, :class:`TrialRun`), the study driver (``study.execute``,
+``study.trial``) and ``study.report`` all read and write MLflow through this module.
+
+One MLflow experiment per study, described by the metric definitions (``mlflow.note.content``).
+Its parent run ``study-NAME`` (tags ``mlclip.role=study``, ``mlclip.study``, ``mlclip.space``)
+holds the search settings as params, ``study/space.json`` and ``study/base_config.json`` as
+artifacts, and at the end the best trial (tags ``best.*``, metric ``best/METRIC``), the summary
+files under ``summary/`` and the answer's markdown as its description.
 
 Layout of a child run (names: :mod:`trainables.metric_names`):
 
@@ -29,7 +38,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 from trainables import metric_names as names
 
@@ -45,6 +54,11 @@ TAG_REASON = "mlclip.failure_reason"
 TAG_RESTARTED_AFTER = "mlclip.restarted_after"  # the failure an attempt of this trial restarted from
 TAG_COMPLETED = "mlclip.completed"  # "true" once the trial's fit returned successfully
 TAG_EARLY_STOPPED = "mlclip.early_stopped"
+TAG_SPACE = "mlclip.space"
+TAG_DESCRIPTION = "mlflow.note.content"  # MLflow's description of an experiment or run (rendered as markdown)
+
+# What became of a trial, as the study reports it (Tune's outcome, reconciled into MLflow).
+COMPLETED, FAILED, EARLY_STOPPED, UNFINISHED = "completed", "failed", "early-stopped", "unfinished"
 
 # The trial's per-query AP@100 of its final evaluation (an artifact of its child run; study.answer reads it).
 PER_QUERY_FILE = "per_query_ap.npz"
@@ -474,6 +488,215 @@ def read_full_metrics(path: Any) -> list[tuple[int, str, float]]:
         return [(int(row["step"]), row["name"], float(row["value"])) for row in csv.DictReader(f)]
 
 
+# ---------------------------------------------------------------------------
+# Reading a child run back
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrialRunRecord:
+    """What a child run says of its trial: ``metrics`` under their source names (the numeric
+    copies of the searched parameters left out: the params hold them), ``params`` parsed back
+    to numbers, ``epochs_done`` the last logged epoch."""
+
+    trial_id: str
+    run_id: str
+    status: str  # COMPLETED, FAILED, EARLY_STOPPED or UNFINISHED
+    params: dict
+    metrics: dict
+    epochs_done: int
+    reason: Optional[str]
+
+
+def read_trial_run(client, run) -> TrialRunRecord:
+    """The :class:`TrialRunRecord` of child run ``run``."""
+    tags, data = run.data.tags, run.data
+    epochs_done = max(last_logged_step(client, run), 0)
+    params = {k: parse_param(v) for k, v in data.params.items()}
+    metrics = {k: v for k, v in names.to_source_names(data.metrics).items() if k not in names.SEARCHED_PARAMS}
+    return TrialRunRecord(tags.get(TAG_TRIAL_ID, run.info.run_id), run.info.run_id,
+                          _status_of(run.info.status, tags, epochs_done, params.get("epochs")), params, metrics,
+                          epochs_done, tags.get(TAG_REASON))
+
+
+def trial_runs(client, experiment_id: str, parent_run_id: str) -> list[TrialRunRecord]:
+    """Every trial's child run under ``parent_run_id``, read back."""
+    return [read_trial_run(client, run) for run in child_runs_of(client, experiment_id, parent_run_id)
+            if run.data.tags.get(TAG_ROLE) in (None, "trial")]
+
+
+def _status_of(mlflow_status: str, tags: Mapping[str, str], epochs_done: int, epochs: Any) -> str:
+    if mlflow_status == "FAILED":
+        return FAILED
+    if tags.get(TAG_EARLY_STOPPED) == "true":
+        return EARLY_STOPPED
+    if mlflow_status == "FINISHED" and (tags.get(TAG_COMPLETED) == "true" or epochs_done >= (epochs or 0)):
+        return COMPLETED
+    return UNFINISHED
+
+
+def parse_param(text: Optional[str]) -> Any:
+    """An MLflow param string back to int/float/None/bool where it looks like one."""
+    if text is None or text == "None":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def mark_trial_completed(client, run_id: str) -> None:
+    """The trial's fit returned: tag it completed (a resumed study does not train it again) and finish it."""
+    client.set_tag(run_id, TAG_COMPLETED, "true")
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status="FINISHED")
+
+
+def download_artifact(client, run_id: str, path: str, folder: str) -> Optional[str]:
+    """The local copy of artifact ``path`` of run ``run_id`` in ``folder``, or None when there is none."""
+    try:
+        return client.download_artifacts(run_id, path, folder)
+    except Exception:  # noqa: BLE001 - no such artifact (e.g. an older or a stand-in trial)
+        return None
+
+
+# ---------------------------------------------------------------------------
+# The study: experiment and parent run
+# ---------------------------------------------------------------------------
+def ensure_experiment(client, name: str) -> str:
+    """The id of MLflow experiment ``name``, created (or restored from deleted) when needed, with
+    the metric definitions as its description (what a UI user reads first)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        experiment_id = client.create_experiment(name)
+    else:
+        experiment_id = experiment.experiment_id
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment_id)
+    client.set_experiment_tag(experiment_id, TAG_DESCRIPTION, names.definitions_markdown())
+    return experiment_id
+
+
+def start_parent_run(client, experiment_id: str, study: str, space: str, params: Mapping[str, Any],
+                     files: Mapping[str, Any]) -> str:
+    """Create the parent run of study ``study`` (searching space ``space``): ``params`` as params,
+    each of ``files`` (name -> JSON-able data) as an artifact under ``study/``; returns its id."""
+    import json
+    import tempfile
+
+    from mlflow.entities import Param
+
+    run = client.create_run(experiment_id, run_name=f"study-{study}",
+                            tags={TAG_ROLE: "study", TAG_STUDY: study, TAG_SPACE: str(space)})
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()])
+    with tempfile.TemporaryDirectory() as folder:
+        for name, data in files.items():
+            (Path(folder) / name).write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
+        client.log_artifacts(run_id, folder, artifact_path="study")
+    return run_id
+
+
+def reopen_parent_run(client, run_id: str) -> None:
+    """Mark a resumed study's parent run RUNNING again; TrackingError when it is gone."""
+    try:
+        run = client.get_run(run_id)
+    except Exception as err:  # noqa: BLE001
+        raise TrackingError(f"the study's parent MLflow run {run_id} is gone ({type(err).__name__})") from None
+    if run.info.status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+
+
+def find_parent_run(client, experiment_id: str, parent_run_id: Optional[str] = None) -> Any:
+    """The given parent run, or the latest study parent run of the experiment, or None."""
+    if parent_run_id:
+        return client.get_run(parent_run_id)
+    runs = client.search_runs(experiment_ids=[experiment_id], filter_string=f"tags.`{TAG_ROLE}` = 'study'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def children_of(client, experiment_id: str, parent_run_id: str) -> dict[str, Any]:
+    """The child runs of ``parent_run_id`` by trial id."""
+    return {r.data.tags.get(TAG_TRIAL_ID, r.info.run_id): r for r in child_runs_of(client, experiment_id, parent_run_id)}
+
+
+def failure_reasons(client, experiment_id: str, parent_run_id: str) -> dict[str, str]:
+    """Failure reasons recorded on child runs by trial id (set in-process, so more precise than Tune's)."""
+    return {tid: r.data.tags[TAG_REASON] for tid, r in children_of(client, experiment_id, parent_run_id).items()
+            if r.data.tags.get(TAG_REASON)}
+
+
+def reconcile_children(client, parent: TrackingInfo, outcomes: Iterable[Any]) -> None:
+    """Make every child run's status match the trials' ``outcomes``; close runs no trial owns any more.
+
+    ``parent`` names the store, experiment and parent run (its trial fields are unused); each
+    outcome has ``trial_id``, ``status`` (COMPLETED, FAILED, EARLY_STOPPED, UNFINISHED), ``params``
+    and ``reason``. A failed trial that never opened a run gets one, so it is still listed.
+    """
+    runs = children_of(client, parent.experiment_id, parent.parent_run_id)
+    for outcome in outcomes:
+        run = runs.pop(outcome.trial_id, None)
+        if outcome.status == FAILED:
+            run = run or _open_failed_trial_run(client, parent, outcome)
+            if run.info.status != "FAILED" or not run.data.tags.get(TAG_REASON):
+                end_trial_run(client, run.info.run_id, "FAILED", outcome.reason or "failed")
+        elif run is None:
+            continue
+        elif outcome.status == EARLY_STOPPED:
+            client.set_tag(run.info.run_id, TAG_EARLY_STOPPED, "true")
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, status="FINISHED")
+        elif run.info.status != "RUNNING":
+            continue
+        elif outcome.status == COMPLETED:
+            mark_trial_completed(client, run.info.run_id)
+        else:  # unfinished (interrupted): --resume re-opens it
+            client.set_terminated(run.info.run_id, status="KILLED")
+    for run in runs.values():  # runs of trials Tune no longer knows: never leave them RUNNING
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def _open_failed_trial_run(client, parent: TrackingInfo, outcome: Any) -> Any:
+    from trainables.config import ConfigError, TrialConfig
+
+    shown = {k: outcome.params[k] for k in names.SEARCHED_PARAMS if outcome.params.get(k) is not None}
+    info = TrackingInfo(parent.tracking_uri, parent.experiment_id, parent.parent_run_id, outcome.trial_id,
+                        trial_run_name(outcome.trial_id, shown))
+    try:
+        config: Any = TrialConfig.from_dict(outcome.params)
+    except ConfigError:
+        config = dict(outcome.params)
+    return open_trial_run(client, info, config)
+
+
+def log_summary(client, run_id: str, best: Any, metric: str, files: Iterable[Any], markdown: str = "") -> None:
+    """On the parent run: the best trial (``best``: ``trial_id``, ``params``, ``value(metric)``; or None)
+    as tags and a metric, the summary ``files`` as artifacts under ``summary/``, and the answer's
+    ``markdown`` as the run's description (MLflow renders it on the run page)."""
+    if markdown:
+        client.set_tag(run_id, TAG_DESCRIPTION, markdown)
+    if best is not None:
+        shown = {k: v for k, v in best.params.items() if not isinstance(v, (list, tuple))}
+        client.set_tag(run_id, "best.trial_id", best.trial_id)
+        for key in names.SEARCHED_PARAMS:
+            if key in shown:
+                client.set_tag(run_id, f"best.{key}", str(shown[key]))
+        if math.isfinite(best.value(metric)):  # by either name: best.value resolves short names
+            client.log_metric(run_id, f"best/{metric}", best.value(metric))
+    for path in files:
+        if path and Path(path).is_file():
+            client.log_artifact(run_id, str(path), artifact_path="summary")
+
+
+def close_parent_run(client, run_id: str, status: str) -> None:
+    """FINISHED, FAILED or KILLED (interrupted: ``--resume`` re-opens it)."""
+    client.set_terminated(run_id, status=status)
+
+
 __all__ = [
     "TrackingInfo",
     "trial_run_name",
@@ -490,4 +713,10 @@ __all__ = [
     "find_trial_run",
     "open_trial_run",
     "end_trial_run",
+    "read_trial_run",
+    "trial_runs",
+    "ensure_experiment",
+    "start_parent_run",
+    "reconcile_children",
+    "log_summary",
 ]

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from trainables.batches import cached_tokenize_set
-from trainables.config import TrialConfig
+from trainables.config import ConfigError, TrialConfig, resume_differences
 from trainables.loss import clamp_logit_scale_
 from trainables.session import Session, UnsafeCheckpointError  # noqa: F401 - re-exported
 
@@ -233,7 +231,17 @@ def checkpoint_state(state: TrialState, config: TrialConfig,
     }
 
 
-def restore(state: TrialState, saved: dict[str, Any]) -> None:
+def restore(state: TrialState, saved: dict[str, Any], config: TrialConfig) -> None:
+    """Continue from checkpoint ``saved``, refusing one written under other settings.
+
+    A restarted worker group or a resumed study could otherwise continue silently with, say,
+    another learning rate: the checkpoint's config must match the running one in every field
+    but those :data:`~trainables.config.RESUMABLE_FIELDS` (where things live, how many workers).
+    """
+    changed = resume_differences(saved.get("config") or {}, config)
+    if changed:
+        raise ConfigError(f"the checkpoint to resume from was written with other settings: {'; '.join(changed)}; "
+                          "start the trial afresh (another study name) or restore those settings")
     _unwrap(state.model).load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
@@ -280,14 +288,13 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
     # --- resume: a restarted worker group continues after the last finished epoch
     saved = session.latest_state()
     if saved is not None:
-        restore(state, saved)
+        restore(state, saved, config)
     run = TrialRun(tracking if session.rank == 0 else None, config)
     reports: list[dict[str, float]] = []
     try:
         if saved is not None and state.epoch >= config.epochs:
             reports.append(_report_again(saved, session, run))
         while state.epoch < config.epochs:
-            _test_fault_hook(session, state.epoch + 1)
             metrics = {"epoch": float(state.epoch + 1)}
             metrics.update(train_one_epoch(state, data, loss_fn, bundle.image_transform, config, session))
             metrics.update(composer.stats())
@@ -320,27 +327,6 @@ def _report_again(saved: dict[str, Any], session: Session, run) -> dict[str, flo
     run.log_epoch(metrics, epoch=int(metrics["epoch"]))  # a no-op when MLflow already has it
     session.report(metrics, None)
     return metrics
-
-
-FAULT_DIR_ENV = "MLCLIP_TEST_FAULT_DIR"  # test-only hook, see _test_fault_hook
-
-
-def _test_fault_hook(session: Session, epoch: int) -> None:
-    """TEST-ONLY fault-injection point, inert unless ``$MLCLIP_TEST_FAULT_DIR`` is set.
-
-    At the start of each epoch a worker writes an empty file ``rank{R}.epoch{E}.pid{P}``
-    into that folder, so a test knows which process runs which epoch. While a file
-    ``hold.rank{R}.epoch{E}`` exists there, the matching worker waits (at most 5 minutes)
-    so the test can kill it by pid at a known point. One environment lookup per epoch.
-    """
-    folder = os.environ.get(FAULT_DIR_ENV)
-    if not folder:
-        return
-    base = Path(folder)
-    (base / f"rank{session.rank}.epoch{epoch}.pid{os.getpid()}").touch()
-    hold, deadline = base / f"hold.rank{session.rank}.epoch{epoch}", time.monotonic() + 300
-    while hold.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def _wrap_ddp(model: torch.nn.Module, session: Session) -> torch.nn.Module:
