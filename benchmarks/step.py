@@ -221,7 +221,7 @@ def component_costs(setup: Setup, reps: int, epoch_size: int) -> dict[str, float
     loss = forward().detach()
     pieces: dict[str, Callable[[], Any]] = {
         "composer plan (per epoch / steps)": lambda: composer.plan_epoch(next(epochs)),
-        "composer slice (local_batches)": lambda: next(composer.local_batches(plan.epoch)),  # the plan is cached
+        "composer slice (local_batches)": lambda: next(composer.local_batches(plan.epoch)),  # re-plans once
         "gather (TokenizedTrainSet.batch)": lambda: data.batch(indices, lang_ids),
         "image transform": lambda: transform(images),
         "forward + ClipLoss": forward,

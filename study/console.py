@@ -1,4 +1,5 @@
-"""What a person sees: error lines, the trial table, the best config, the summary files.
+"""What a person sees: the study's plan, error lines, the trial table, the best config, the
+summary files, the exit codes of ``study.run`` and the command that resumes a study.
 
 ``study.run`` (end of a study) and ``study.report`` (from MLflow) share :func:`summarize`, so
 both print the same table and write the same CSV and figure.

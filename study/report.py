@@ -17,7 +17,14 @@ from study import console
 from study.answer import trial_queries
 from study.results import records_from_mlflow
 from trainables.metric_names import SEARCHED_PARAMS, TARGET_METRIC
-from trainables.tracking import TrackingError, check_tracking_uri, client_for, find_parent_run, resolve_tracking_uri
+from trainables.tracking import (
+    TrackingError,
+    check_tracking_uri,
+    client_for,
+    find_parent_run,
+    objectives_from_param,
+    resolve_tracking_uri,
+)
 
 DEFAULT_OBJECTIVES = [{"metric": TARGET_METRIC, "mode": "max"}]
 
@@ -34,12 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def objectives_of(parent) -> list[dict]:
     """The objectives recorded on the parent run (``metric:mode;...``), else the default."""
-    text = parent.data.params.get("objectives", "")
-    out = []
-    for item in filter(None, text.split(";")):
-        metric, _, mode = item.rpartition(":")
-        out.append({"metric": metric, "mode": mode if mode in ("max", "min") else "max"})
-    return out or DEFAULT_OBJECTIVES
+    return objectives_from_param(parent.data.params.get("objectives", "")) or DEFAULT_OBJECTIVES
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import re
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -60,6 +59,7 @@ from study.state import (
     resolve_storage_path,
 )
 from trainables.config import ConfigError, TrialConfig
+from trainables.driver import fit_trial
 from trainables.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
 
 DEFAULT_SPACE = "ratio_only"
@@ -165,7 +165,8 @@ def main(argv: Optional[list[str]] = None, *, fit: Optional[Callable] = None) ->
         return EXIT_OK
     try:
         check_flag_text(args)
-        state, space = prepare_resume(args) if args.resume else prepare_new(args)
+        fit = fit or fit_trial
+        state, space = prepare_resume(args, fit_name(fit)) if args.resume else prepare_new(args, fit_name(fit))
         if args.dry_run:
             console.say(plan_text(state, space))
             for note in start_notes(state, args):
@@ -198,20 +199,19 @@ def check_flag_text(args: argparse.Namespace) -> None:
             raise StudyError(f"--{flag.replace('_', '-')} {value!r}: empty {what}; give one, or leave the flag out")
 
 
-def run_held(state: StudyState, space: SearchSpace, args: argparse.Namespace, fit: Optional[Callable] = None) -> int:
+def run_held(state: StudyState, space: SearchSpace, args: argparse.Namespace, fit: Callable = fit_trial) -> int:
     """Run the prepared study holding its lock and, without --address, the machine's local-cluster slot."""
     from contextlib import nullcontext
 
     from study.cluster import local_cluster_slot
     from study.execute import run_study
     from study.lock import hold_study
-    from trainables.driver import fit_trial
 
     with hold_study(state.storage_path, state.name, say=console.say):
         if not args.resume and experiment_exists(state.storage_path, state.name):
             raise _exists_error(state.name, state.storage_path)  # started by another driver since the check
         with local_cluster_slot(state.name) if not args.address else nullcontext():
-            return run_study(state, space, args, fit or fit_trial)
+            return run_study(state, space, args, fit)
 
 
 def start_notes(state: StudyState, args: argparse.Namespace) -> list[str]:
@@ -245,8 +245,15 @@ def _quiet_libraries() -> None:
 # ---------------------------------------------------------------------------
 # A new study
 # ---------------------------------------------------------------------------
-def prepare_new(args: argparse.Namespace) -> tuple[StudyState, SearchSpace]:
-    """Check every input of a new study (no Ray yet, nothing created) and build its state."""
+def fit_name(fit: Callable) -> str:
+    """``module:name`` of a trial function (of its class, for a callable object): what a study records."""
+    named = fit if hasattr(fit, "__qualname__") else type(fit)
+    return f"{named.__module__}:{named.__qualname__}"
+
+
+def prepare_new(args: argparse.Namespace, fit: str = fit_name(fit_trial)) -> tuple[StudyState, SearchSpace]:
+    """Check every input of a new study (no Ray yet, nothing created) and build its state; ``fit``
+    names the trial function (:func:`fit_name`)."""
     check_seed(args.seed)
     cpw = check_resource("cpus-per-worker", args.cpus_per_worker, 1.0)
     gpw = check_resource("gpus-per-worker", args.gpus_per_worker, 0.0)
@@ -289,6 +296,7 @@ def prepare_new(args: argparse.Namespace) -> tuple[StudyState, SearchSpace]:
         max_failures=args.max_failures if args.max_failures is not None else 1,
         tracking_uri=tracking_uri,
         output_dir=output_dir,
+        fit=fit,
     ), space
 
 
@@ -439,13 +447,16 @@ def absolute_data_paths(base: dict) -> dict:
 # ---------------------------------------------------------------------------
 # Resume
 # ---------------------------------------------------------------------------
-def prepare_resume(args: argparse.Namespace) -> tuple[StudyState, SearchSpace]:
-    """Load the saved study NAME (default: the space name) and check it can continue."""
+def prepare_resume(args: argparse.Namespace, fit: str = fit_name(fit_trial)) -> tuple[StudyState, SearchSpace]:
+    """Load the saved study NAME (default: the space name) and check it can continue with the trial
+    function named ``fit`` (the one it started with: a study never mixes two)."""
     name = study_name(args.name or _space_name_for_resume(args.space))
     storage = resolve_storage_path(args.storage_path or DEFAULT_STORAGE)
     state = load_state(storage, name)
     if state is None:
         raise StudyError(f"nothing to resume: no study {name!r} in {storage} (start it without --resume)")
+    if state.fit and state.fit != fit:
+        raise StudyError(f"study {name!r} runs the trial function {state.fit}, not {fit}; resume it with the same one")
     check_writable(storage)
     state.storage_path = storage  # the folder may have moved
     if args.tracking_uri and resolve_tracking_uri(args.tracking_uri) != state.tracking_uri:

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from trainables.tracking import objectives_param
+
 STATE_FILE = "study.json"
 STATE_VERSION = 1
 
@@ -44,6 +46,7 @@ class StudyState:
     max_failures: int
     tracking_uri: str
     output_dir: str
+    fit: str = ""  # the trial function, module:name ("" in a state saved before it was recorded)
     experiment_id: str = ""
     parent_run_id: str = ""
     version: int = STATE_VERSION
@@ -226,7 +229,7 @@ def describe(state: StudyState) -> dict[str, Any]:
     return {
         "space": state.space.get("name"),
         "space_source": state.space.get("source"),
-        "objectives": ";".join(f"{o['metric']}:{o['mode']}" for o in state.objectives),
+        "objectives": objectives_param(state.objectives),
         "num_trials": state.num_trials,
         "num_samples": state.num_samples,
         "max_concurrent": state.max_concurrent,
@@ -237,5 +240,6 @@ def describe(state: StudyState) -> dict[str, Any]:
         "searcher": "grid" if state.space.get("algorithm") == "grid" else "optuna-tpe",
         "seed": state.seed,
         "max_failures": state.max_failures,
+        "fit": state.fit,
         "storage_path": state.storage_path,
     }

@@ -1,9 +1,10 @@
 """The Tune function trainable: one call runs one trial.
 
-Ray 2.60 (Train V2) pattern: the Tune function builds and fits a ``TorchTrainer`` per trial
-(``trainables.driver.fit_trial``) with a ``TuneReportCallback`` in its run config, which
-forwards each ``ray.train.report`` of the workers to Tune. The function itself holds no CPU
-(see :mod:`study.cluster`).
+Ray 2.60 (Train V2) pattern: the Tune function builds the trial's :class:`TrialConfig` (the
+one validation of its settings) and calls the study's fit, by default
+``trainables.driver.fit_trial``, which builds and fits a ``TorchTrainer`` with a
+``TuneReportCallback`` in its run config; that forwards each ``ray.train.report`` of the
+workers to Tune. The function itself holds no CPU (see :mod:`study.cluster`).
 
 Around the fit it keeps MLflow consistent: it opens (or re-attaches to) the trial's child
 run before the fit, so a failed trial is recorded with its params; it ends the run FAILED
@@ -27,11 +28,13 @@ from trainables.tracking import (
     TrackingInfo,
     client_for,
     end_trial_run,
+    finish_if_running,
     mark_trial_completed,
     open_trial_run,
     read_trial_run,
     trial_run_name,
 )
+
 
 @dataclass(frozen=True)
 class TrialContext:
@@ -180,5 +183,4 @@ def _replay_completed(client, run_id: str, ctx: TrialContext) -> None:
     trial = read_trial_run(client, client.get_run(run_id))
     metrics = {**with_logged_aliases(trial.metrics), "epoch": float(trial.epochs_done)}
     ray.tune.report(order_metrics(metrics, ctx.metrics_first))
-    if client.get_run(run_id).info.status == "RUNNING":
-        client.set_terminated(run_id, status="FINISHED")
+    finish_if_running(client, run_id)

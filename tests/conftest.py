@@ -1,10 +1,15 @@
 """Shared fixtures: a tiny, fast trial config and an isolated data cache."""
 
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray workers (of an in-process ray.init or a study subprocess) unpickle the stand-ins of
+# tests/standins.py by reference: this checkout must be importable there, from any folder.
+_REPO = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([_REPO, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -73,3 +73,10 @@ def test_every_field_is_described():
 def test_a_bool_or_float_is_not_an_integer_or_number_setting(changes):
     with pytest.raises(ConfigError, match=list(changes)[0]):
         TrialConfig(**changes)
+
+
+@pytest.mark.parametrize("value", [{0: None}, (0,), ["en", 3], 7])
+def test_train_languages_must_be_codes(value):
+    """Found by the CLI fuzz pass: ``--set train_languages={0}`` reached canonical_language as an int."""
+    with pytest.raises(ConfigError, match="train_languages=.*expected language codes"):
+        TrialConfig(train_languages=value)

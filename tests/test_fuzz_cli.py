@@ -25,6 +25,10 @@ What the first runs (about 30,000 cases) found, each now fixed and refused with 
 7. A NUL through YAML's ``"\0"`` escape in a space file's path or a ``--set`` string: the same.
 8. A newline inside a user's value (``--eval-data 'a<LF>b'``): a two-line error.
 9. A malformed flag (``--epochs two``): argparse's usage block plus its message, not one line.
+
+A later pass found one more: ``--set train_languages={0}`` (a YAML mapping whose key is a
+number) reached the language table as an int (AttributeError); TrialConfig now refuses any
+train_languages that is not language codes.
 """
 
 from __future__ import annotations

@@ -349,3 +349,19 @@ def test_a_resumed_space_resolves_its_paths_beside_its_file_again(here):
     again = study_run.build_parser().parse_args(["--resume", "--name", "two"])
     _, resumed = study_run.prepare_resume(again)
     assert list(resumed.params[0].values) == expected
+
+
+def test_a_study_resumes_only_with_the_trial_function_it_started_with(here):
+    """``study.run.main(fit=...)`` records the fit (``module:name``); a resume with another is refused
+    (a plain ``python -m study.run --resume`` of a stand-in study would otherwise train for real)."""
+    from tests.standins import DirectStandIn
+
+    assert study_run.fit_name(study_run.fit_trial) == "trainables.driver:fit_trial"
+    assert study_run.fit_name(DirectStandIn()) == "tests.standins:DirectStandIn"
+    state, _ = study_run.prepare_new(study_run.build_parser().parse_args(["--name", "f"]), "tests.standins:DirectStandIn")
+    save_state(state)
+    resume = study_run.build_parser().parse_args(["--resume", "--name", "f"])
+    with pytest.raises(study_run.StudyError, match="runs the trial function tests.standins:DirectStandIn, not "
+                                                   "trainables.driver:fit_trial; resume it with the same one"):
+        study_run.prepare_resume(resume)
+    assert study_run.prepare_resume(resume, "tests.standins:DirectStandIn")[0].fit == "tests.standins:DirectStandIn"

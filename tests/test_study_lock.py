@@ -254,10 +254,9 @@ def scenario(tmp_path_factory) -> Scenario:
     try:
         _wait_for(lambda: "  parent:" in (cwd / "a.log").read_text() or first.poll() is not None, "study A to start")
         assert first.poll() is None, (cwd / "a.log").read_text()[-3000:]
-        others = [subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=_env(),
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                  for args in (["--resume", "--name", STUDY],
-                               ["--space", "smoke", "--name", "second"])]
+        others = [subprocess.Popen(command, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for command in (standin_command("direct", "--resume", "--name", STUDY),
+                                  [sys.executable, "-m", "study.run", "--space", "smoke", "--name", "second"])]
         refused = [subprocess.CompletedProcess(p.args, p.wait(timeout=TIMEOUT_S), *p.communicate()) for p in others]
         assert first.poll() is None, "study A ended before the refusals were checked: make its trials slower"
     finally:

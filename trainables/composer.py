@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 import torch
 
 from trainables.composition import (ComposerError, MissingCaptionError, canonical_languages, check_train_languages,
-                                    compose_step, missing_caption_message, redraw_languages, stable_seed)
+                                    compose_step, language_weights, missing_caption_message, redraw_languages,
+                                    stable_seed)
 
 if TYPE_CHECKING:  # pragma: no cover
     from trainables.config import TrialConfig
@@ -157,8 +158,8 @@ class BatchComposer:
         drawable = counts > 0
         if not drawable.any():
             raise ComposerError(f"no sample has a caption in any train language ({', '.join(self.train_languages)})")
-        weights = counts if self.language_weighting == "size" else drawable.double()
-        self.language_weights = weights / weights.sum()  # [L], zero outside drawable train languages
+        # [L], zero outside the train languages that have captions here
+        self.language_weights = language_weights(drawable, counts if self.language_weighting == "size" else None)
         if self._eligible.numel() < self.global_batch_size:
             raise ComposerError(f"only {self._eligible.numel()} usable samples, fewer than "
                                 f"global_batch_size={self.global_batch_size}")
@@ -222,11 +223,15 @@ class BatchComposer:
     def local_batches(self, epoch: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """Yield ``(step, indices[b], lang_ids[b])`` of THIS rank for every step of ``epoch``.
 
-        The position (for :meth:`stats`) advances to ``step + 1`` as each step is yielded. A
-        trial checkpoints at epoch ends, so an epoch always starts at step 0.
+        The call makes the epoch current (:meth:`stats` reports it from then on); the position
+        advances to ``step + 1`` as each step is yielded. A trial checkpoints at epoch ends, so
+        an epoch always starts at step 0.
         """
         plan = self.plan_epoch(epoch)
         self._epoch, self._position = int(epoch), 0
+        return self._slices(plan)
+
+    def _slices(self, plan: EpochPlan) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         lo, hi = self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size
         for step in range(plan.num_steps):
             self._position = step + 1

@@ -4,7 +4,11 @@ This is the study's subject (hybrid batch training, Elmahdy et al., arXiv 2408.1
 the one place it is written. Both training paths call :func:`compose_step` for every
 global step: the planned in-memory path (:class:`trainables.composer.BatchComposer`, a
 whole epoch at a time) and the streamed one (:class:`trainables.stream.StreamComposer`,
-as each batch is formed). Given the same samples, both give the same languages.
+as each batch is formed). Given the same samples in the same order, both give the same
+languages (tested), with two differences by design, both from what a stream cannot know
+in advance: ``within_batch`` slots prefer samples that have the step language only in the
+planned path, and a train language with no caption in the data is drawn (then redrawn) by
+the stream only.
 
 A global step of ``B`` slots is decided from a generator seeded by ``(seed, epoch, step)``
 alone (no rank, world size or global random state), so every DDP rank computes the same
@@ -16,7 +20,8 @@ global step and the plan does not change with the number of workers:
   monolingual, in the step's language; the other ``B - k`` are drawn independently. The
   ``k`` slots are random positions, preferring samples that have a caption in the step's
   language when their availability is known (the planned path), so redraws are rare.
-* languages are drawn from ``weights`` (uniform over the train languages, or by size).
+* languages are drawn from ``weights`` (:func:`language_weights`: uniform over the train
+  languages that can be drawn, or by their caption counts).
 * a sample without a caption in its drawn language is redrawn (policy ``redraw``) among
   its own train languages with the same weights, by inverse CDF of the slot's uniform
   number ``u`` (:func:`redraw_languages`); a redrawn slot is not monolingual.
@@ -65,6 +70,14 @@ class StepComposition:
     u: torch.Tensor
 
 
+def language_weights(drawable: torch.Tensor, counts: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The draw weights DoubleTensor [L] (sum 1): uniform over the ``drawable`` languages
+    (BoolTensor [L]), or, with ``counts`` (caption counts [L]: ``language_weighting=size``),
+    proportional to them."""
+    weights = counts.double() if counts is not None else drawable.double()
+    return weights / weights.sum()
+
+
 def compose_step(seed: int, epoch: int, step: int, *, ratio: float, mode: str, weights: torch.Tensor,
                  batch: int, available: Optional[torch.Tensor] = None) -> StepComposition:
     """The composition of global step ``step`` of ``epoch`` (see the module docstring).
@@ -78,6 +91,8 @@ def compose_step(seed: int, epoch: int, step: int, *, ratio: float, mode: str, w
             in slot order; ``within_batch`` then puts its monolingual slots on samples that have
             the step language first. None (a stream: samples arrive later) means no preference.
     """
+    if mode not in ("per_batch", "within_batch"):
+        raise ComposerError(f"mode={mode!r}: the composition rule knows per_batch and within_batch")
     gen = torch.Generator().manual_seed(stable_seed(seed, "step", int(epoch), int(step)))
     step_lang = int(torch.multinomial(weights, 1, generator=gen))
     noise = torch.rand(batch, generator=gen, dtype=torch.float64)
@@ -119,10 +134,15 @@ def canonical_languages(codes: Sequence[str], name: str) -> tuple[str, ...]:
 
 
 def check_train_languages(languages: tuple[str, ...], train_languages: Optional[Sequence[str]]) -> tuple[str, ...]:
-    """Canonical ``train_languages`` (default: all of ``languages``); each must be among the data's ``languages``."""
+    """``train_languages`` (default: all of ``languages``, the data's) as canonical codes, each of
+    which must be among the data's languages. Whether the codes are known, distinct and at least
+    one is :class:`~trainables.config.TrialConfig`'s to check; aliases such as ``jp`` map here."""
     if train_languages is None:
         return languages
-    train = canonical_languages(train_languages, "train_languages")
+    try:
+        train = tuple(canonical_language(code) for code in train_languages)
+    except ValueError as err:
+        raise ComposerError(f"train_languages: {err}") from None
     outside = [lang for lang in train if lang not in languages]
     if outside:
         raise ComposerError(f"train_languages: {', '.join(outside)} not among the data's languages "

@@ -124,10 +124,13 @@ class TrialConfig:
 
     def __post_init__(self) -> None:
         # Normalise sequences/codes so equal configs compare equal.
-        if isinstance(self.train_languages, str):
-            langs = tuple(x for x in self.train_languages.replace(" ", "").split(",") if x)
-        else:
-            langs = tuple(self.train_languages)
+        raw = self.train_languages
+        if isinstance(raw, str):
+            langs = tuple(x for x in raw.replace(" ", "").split(",") if x)
+        elif isinstance(raw, (list, tuple)) and all(isinstance(x, str) for x in raw):
+            langs = tuple(raw)
+        else:  # e.g. --set train_languages={0} (a YAML mapping) or a list holding a number
+            raise ConfigError(f"train_languages={raw!r}: expected language codes, as a list or a comma-separated string")
         try:
             langs = tuple(dict.fromkeys(canonical_language(x) for x in langs))
         except ValueError as err:
@@ -303,9 +306,10 @@ FIELD_DOCS: dict[str, str] = {
 }
 
 
-# Fields a resumed trial may change: where things live and how the work is spread, not what is
-# trained (the composer's plan does not depend on the number of workers).
-RESUMABLE_FIELDS = frozenset({"data_cache", "images_dir", "loader_workers", "num_workers", "progress_every_s"})
+# Fields a resumed trial may change: where the cache lives (its entries are keyed by content) and how
+# the work is spread, not what is trained (the composer's plan does not depend on the number of
+# workers). A changed data path is refused: it may hold other data.
+RESUMABLE_FIELDS = frozenset({"data_cache", "loader_workers", "num_workers", "progress_every_s"})
 
 
 def resume_differences(saved: dict[str, Any], config: TrialConfig) -> list[str]:

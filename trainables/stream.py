@@ -17,9 +17,10 @@ each global step is composed as its batch is formed, by the same rule
   counted; (``error``) :class:`MissingCaptionError`.
 
 Hence, given the same samples in the same order, a stream gets the in-memory composer's
-languages (tested). What differs: the samples of a step are those the stream delivers
-(shard order shuffled per epoch), ``within_batch`` slots cannot prefer samples that have
-the step language (a rank does not see the others' samples: more redraws), and
+languages (tested; see :mod:`trainables.composition` for the two differences by design).
+What differs in practice: the samples of a step are those the stream delivers (shard order
+shuffled per epoch), ``within_batch`` slots cannot prefer samples that have the step
+language (a rank does not see the others' samples: more redraws), and
 ``language_weighting="size"`` is not available (it needs caption counts before the stream
 is read).
 
@@ -40,7 +41,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from trainables.composition import (ComposerError, MissingCaptionError, canonical_languages, check_train_languages,
-                                    compose_step, missing_caption_message, redraw_languages)
+                                    compose_step, language_weights, missing_caption_message, redraw_languages)
 from trainables.config import TrialConfig
 
 SKIP_KEYS = ("missing_images", "unreadable_images", "no_train_caption", "stream_dropped")
@@ -98,8 +99,8 @@ class StreamComposer:
         self.global_batch_size, self.rank, self.world_size = global_batch_size, rank, world_size
         self.local_batch_size = global_batch_size // world_size
         self.missing_caption_policy, self.steps_per_epoch = missing_caption_policy, int(steps_per_epoch)
-        weights = torch.tensor([float(lang in train) for lang in self.languages], dtype=torch.float64)
-        self.language_weights = weights / weights.sum()  # [L], uniform over the train languages
+        # [L], uniform over the train languages (a stream's caption counts are unknown until it is read)
+        self.language_weights = language_weights(torch.tensor([lang in train for lang in self.languages]))
         self._epoch: Optional[int] = None
         self._reset_counts()
 

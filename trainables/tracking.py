@@ -550,6 +550,11 @@ def parse_param(text: Optional[str]) -> Any:
 def mark_trial_completed(client, run_id: str) -> None:
     """The trial's fit returned: tag it completed (a resumed study does not train it again) and finish it."""
     client.set_tag(run_id, TAG_COMPLETED, "true")
+    finish_if_running(client, run_id)
+
+
+def finish_if_running(client, run_id: str) -> None:
+    """End run ``run_id`` FINISHED unless it has ended already."""
     if client.get_run(run_id).info.status == "RUNNING":
         client.set_terminated(run_id, status="FINISHED")
 
@@ -597,6 +602,20 @@ def start_parent_run(client, experiment_id: str, study: str, space: str, params:
             (Path(folder) / name).write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
         client.log_artifacts(run_id, folder, artifact_path="study")
     return run_id
+
+
+def objectives_param(objectives: Iterable[Mapping[str, str]]) -> str:
+    """The parent run's ``objectives`` param: ``metric:mode;metric:mode``."""
+    return ";".join(f"{o['metric']}:{o['mode']}" for o in objectives)
+
+
+def objectives_from_param(text: str) -> list[dict]:
+    """The objectives (``[{"metric", "mode"}]``) read back from :func:`objectives_param`'s text."""
+    out = []
+    for item in filter(None, text.split(";")):
+        metric, _, mode = item.rpartition(":")
+        out.append({"metric": metric, "mode": mode if mode in ("max", "min") else "max"})
+    return out
 
 
 def reopen_parent_run(client, run_id: str) -> None:
@@ -715,8 +734,24 @@ __all__ = [
     "end_trial_run",
     "read_trial_run",
     "trial_runs",
+    "TrialRunRecord",
+    "parse_param",
+    "mark_trial_completed",
+    "finish_if_running",
+    "download_artifact",
     "ensure_experiment",
     "start_parent_run",
+    "objectives_param",
+    "objectives_from_param",
+    "reopen_parent_run",
+    "find_parent_run",
+    "children_of",
+    "failure_reasons",
     "reconcile_children",
     "log_summary",
+    "close_parent_run",
+    "COMPLETED",
+    "FAILED",
+    "EARLY_STOPPED",
+    "UNFINISHED",
 ]

@@ -231,17 +231,22 @@ def checkpoint_state(state: TrialState, config: TrialConfig,
     }
 
 
-def restore(state: TrialState, saved: dict[str, Any], config: TrialConfig) -> None:
-    """Continue from checkpoint ``saved``, refusing one written under other settings.
+def check_resumable(saved: Optional[dict[str, Any]], config: TrialConfig) -> None:
+    """Refuse a checkpoint written under other settings (ConfigError, one line naming the fields).
 
     A restarted worker group or a resumed study could otherwise continue silently with, say,
-    another learning rate: the checkpoint's config must match the running one in every field
-    but those :data:`~trainables.config.RESUMABLE_FIELDS` (where things live, how many workers).
+    another learning rate or more epochs (another schedule): the checkpoint's config must match
+    the running one in every field but :data:`~trainables.config.RESUMABLE_FIELDS` (where the
+    cache lives, how the work is spread).
     """
-    changed = resume_differences(saved.get("config") or {}, config)
+    changed = resume_differences((saved or {}).get("config") or {}, config)
     if changed:
         raise ConfigError(f"the checkpoint to resume from was written with other settings: {'; '.join(changed)}; "
                           "start the trial afresh (another study name) or restore those settings")
+
+
+def restore(state: TrialState, saved: dict[str, Any]) -> None:
+    """Continue from checkpoint ``saved`` (checked by :func:`check_resumable`)."""
     _unwrap(state.model).load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
@@ -261,6 +266,10 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
     from trainables.loss import make_clip_loss
     from trainables.model import build_model, make_tokenizer
     from trainables.tracking import TrialRun
+
+    # --- resume check first: a checkpoint of other settings is refused before any setup work
+    saved = session.latest_state()
+    check_resumable(saved, config)
 
     # --- data: the raw split first, since the corpus tokenizer is trained on its captions
     train_raw, eval_set = load_datasets(config)
@@ -286,9 +295,8 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
     loss_fn = make_clip_loss(session.rank, session.world_size)
 
     # --- resume: a restarted worker group continues after the last finished epoch
-    saved = session.latest_state()
     if saved is not None:
-        restore(state, saved, config)
+        restore(state, saved)
     run = TrialRun(tracking if session.rank == 0 else None, config)
     reports: list[dict[str, float]] = []
     try:
