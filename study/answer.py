@@ -529,16 +529,15 @@ def plot_answer(rows: Sequence[dict], path: Union[str, Path], title: str = "") -
             style = "k--" if family == "all" and setting != "bias" else "-"
             line = ax.plot(xs, means, style, marker="o", markersize=3, label=family)[0]
             ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
-        ax.set_title(setting)
+        # the multilingual panel says what it shows in its title (a note inside the axes met the legend)
+        ax.set_title(f"{setting}\ncaption -> caption only; 'all' = mean over languages" if setting == "multilingual"
+                     else setting, fontsize=10)
         ax.set_xlabel("monolingual ratio")
         ax.set_ylabel("mean rank gap (max - min over languages)" if setting == "bias" else "mAP@100")
         ax.set_xlim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         if families:
             ax.legend(fontsize=7, ncol=2)
-        if setting == "multilingual":
-            ax.text(0.02, 0.02, "caption -> caption (t2t) only; 'all' = mean over languages",
-                    transform=ax.transAxes, fontsize=8, va="bottom")
     fig.suptitle(title or "Answer per setting and family vs ratio (mean over seeds, shaded: CI)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
