@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -75,16 +75,19 @@ def tokenize_set(data, tokenize: Callable[[list[str]], torch.Tensor], languages:
     return TokenizedTrainSet(data.images, tokens, available, tuple(present), dict(getattr(data, "skipped", {}) or {}))
 
 
-def cached_tokenize_set(data, tokenizer, cache: Path, languages: Sequence[str] = LANGUAGES) -> TokenizedTrainSet:
+def cached_tokenize_set(data, tokenizer, cache: Path, languages: Sequence[str] = LANGUAGES,
+                        digest: Optional[str] = None) -> TokenizedTrainSet:
     """:func:`tokenize_set` of ``data`` with ``tokenizer`` (a :class:`~trainables.tokenizer.TextTokenizer`),
     cached in ``cache/text/tokens-<key>.npz``; key = (tokenizer key, captions, languages).
+    ``digest``: :func:`~trainables.tokenizer.captions_digest` of ``data.captions`` when the caller
+    has it already (computed here otherwise).
 
     Also measures the share of captions longer than the context; a share above 0 is logged as a
     warning. A cache file that does not load or does not match is rebuilt, with one warning line.
     """
     from trainables.tokenizer import captions_digest, truncated_share
 
-    key = hashlib.sha256(json.dumps([tokenizer.key, captions_digest(data.captions), list(languages)]).encode())
+    key = hashlib.sha256(json.dumps([tokenizer.key, digest or captions_digest(data.captions), list(languages)]).encode())
     path = Path(cache) / "text" / f"tokens-{key.hexdigest()[:16]}.npz"
     skipped = dict(getattr(data, "skipped", {}) or {})
     if path.exists():

@@ -58,6 +58,15 @@ class TrialConfig:
             (``corpus``) or 77 (``openclip_bpe``).
         pretrained: open_clip pretrained tag, or a local checkpoint path.
         hf_text_model: HF text tower (local folder or hub name) on ``model``'s vision tower.
+    Evaluation:
+        eval_every: evaluate after every this-many epochs, and always after the last.
+        intermediate_eval_images: how many test images the evaluations before the last epoch use:
+            the first this-many of the split, in its order (the same images every time and in
+            every trial), or all of them when the split is smaller or the value is None. They
+            report the same metric names as the final evaluation (the learning curve), but over
+            a smaller pool, where retrieval is easier: compare an epoch's value with the same
+            epoch of other trials, not with the final one. The final evaluation (after the last
+            epoch: the study's objective and its per-query arrays) always uses the whole split.
     Data:
         train_data: ``synthetic``, a JSONL manifest, or WebDataset shards (glob/brace).
         eval_data: ``synthetic`` or an XTD-layout folder.
@@ -117,6 +126,10 @@ class TrialConfig:
     # --- evaluation --------------------------------------------------------
     eval_k: int = 100
     eval_every: int = 2  # epochs (and always the last): the default evaluates after 200, 400 and 500 steps
+    # The evaluations before the last epoch rank the first this-many test images only (the learning
+    # curve; the final evaluation, which the study's answer uses, ranks them all): 150 of the default
+    # 500 cost ~0.8 CPU-s against ~4 for the whole split (benchmarks/README.md §4).
+    intermediate_eval_images: Optional[int] = 150
     progress_every_s: float = 10.0  # seconds between a worker's progress lines (0: none)
     # --- distribution ------------------------------------------------------
     num_workers: int = 1
@@ -189,6 +202,9 @@ class TrialConfig:
                 bad(name, "must be an integer in [0, 2**32 - 1]")
         if self.steps_per_epoch is not None and (_not_int(self.steps_per_epoch) or self.steps_per_epoch < 1):
             bad("steps_per_epoch", "must be a positive integer or None")
+        if self.intermediate_eval_images is not None and (
+                _not_int(self.intermediate_eval_images) or self.intermediate_eval_images < 1):
+            bad("intermediate_eval_images", "must be a positive integer (test images) or None (all of them)")
         if self.batch_size < self.num_workers or self.batch_size % self.num_workers:
             raise ConfigError(
                 f"batch_size={self.batch_size} must be at least num_workers={self.num_workers} and divisible by it "
@@ -300,6 +316,8 @@ FIELD_DOCS: dict[str, str] = {
     "hf_text_model": "an HF text tower (local folder or hub name) on the vision tower of model, random init",
     "eval_k": "cut-off k of AP@k and the pools' top-k",
     "eval_every": "evaluate every this many epochs (and always after the last)",
+    "intermediate_eval_images": "test images (the first N of the split) the evaluations before the last epoch "
+                                "use (None: all); the last one always uses the whole split",
     "progress_every_s": "seconds between the progress lines a Ray worker prints inside an epoch (0: none)",
     "num_workers": "Ray Train (DDP) workers of the trial",
     "use_gpu": "train on one GPU per worker",

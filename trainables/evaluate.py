@@ -12,6 +12,10 @@ Metric definitions (AP@k as trec_eval ``map_cut_k``, CLIP_benchmark Recall@k, ti
 rule) live in :mod:`trainables.metrics`. Only languages present in ``text_emb`` (with
 at least one caption) count anywhere.
 
+Every value depends on N (a smaller pool is easier to rank): a trial's evaluations before its
+last epoch use the first ``TrialConfig.intermediate_eval_images`` test images and its last one
+all of them (:func:`trainables.train.train_worker`), under the same names below.
+
 Metric names (flat ``dict[str, float]``, MLflow-valid: no ``@``). ``{m}`` is each of
 ``map{k}`` (``map100`` by default), ``recall1``, ``recall5``, ``recall10`` (one per
 entry of ``ks``); ``{l}``, ``{a}``, ``{b}`` are language codes, ``{f}`` family names

@@ -78,11 +78,12 @@ def _is_local_file(value: str) -> bool:
     return os.path.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
-def make_tokenizer(config: TrialConfig, captions=None) -> TextTokenizer:
+def make_tokenizer(config: TrialConfig, captions=None, digest=None) -> TextTokenizer:
     """The text tokenizer of ``config`` (``config.text_tokenizer``).
 
     ``corpus`` is trained on ``captions`` (rows of {language: caption}; default: the captions of
-    ``config``'s training split), once, and cached (:func:`trainables.tokenizer.build_corpus_tokenizer`).
+    ``config``'s training split), once, and cached (:func:`trainables.tokenizer.build_corpus_tokenizer`);
+    ``digest``: their :func:`~trainables.tokenizer.captions_digest`, if the caller has it.
     """
     from trainables import tokenizer as tk
 
@@ -94,7 +95,8 @@ def make_tokenizer(config: TrialConfig, captions=None) -> TextTokenizer:
 
         if captions is None:
             captions = load_train_set(config)[0].captions
-        folder = tk.build_corpus_tokenizer(cache_root(config), captions, config.tokenizer_vocab)
+        folder = tk.build_corpus_tokenizer(cache_root(config), captions, config.tokenizer_vocab,
+                                           digest if captions is not None else None)
         return tk.load_corpus_tokenizer(folder, config.context_length)
     if kind == "openclip_bpe":
         return tk.openclip_bpe(name, config.context_length)

@@ -172,19 +172,24 @@ def _atomic_dir(folder: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def corpus_tokenizer_dir(cache: Path, captions: Sequence[dict], vocab_size: int = VOCAB_SIZE) -> tuple[Path, str]:
-    """``(folder, digest)`` of the cached corpus tokenizer of ``captions``."""
-    digest = captions_digest(captions)
+def corpus_tokenizer_dir(cache: Path, captions: Sequence[dict], vocab_size: int = VOCAB_SIZE,
+                         digest: Optional[str] = None) -> tuple[Path, str]:
+    """``(folder, digest)`` of the cached corpus tokenizer of ``captions``; ``digest``: their
+    :func:`captions_digest` when the caller has it already (computed here otherwise)."""
+    digest = digest or captions_digest(captions)
     key = hashlib.sha256(json.dumps([RECIPE_VERSION, vocab_size, CJK_MAX_CHARS, digest]).encode()).hexdigest()[:16]
     return cache / "text" / f"tokenizer-{key}", digest
 
 
-def build_corpus_tokenizer(cache: Path, captions: Sequence[dict], vocab_size: int = VOCAB_SIZE) -> Path:
+def build_corpus_tokenizer(cache: Path, captions: Sequence[dict], vocab_size: int = VOCAB_SIZE,
+                           digest: Optional[str] = None) -> Path:
     """The HF tokenizer folder of ``captions``' corpus tokenizer: trained once, then reused.
 
-    A cached folder that fails to load or whose digest differs is rebuilt, with one warning.
+    ``digest``: the :func:`captions_digest` of ``captions`` when the caller has it (a trial computes
+    it once for this and for its tokenised-set cache). A cached folder that fails to load or whose
+    digest differs is rebuilt, with one warning.
     """
-    folder, digest = corpus_tokenizer_dir(cache, captions, vocab_size)
+    folder, digest = corpus_tokenizer_dir(cache, captions, vocab_size, digest)
     problem = _check_tokenizer_dir(folder, digest)
     if problem is None:
         return folder

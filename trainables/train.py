@@ -8,6 +8,12 @@ Phases: setup -> data -> model -> optimiser -> resume -> epochs (train, evaluate
 report + checkpoint). Each epoch reports one flat metrics dict: evaluation metrics
 from :mod:`trainables.evaluate`, realised composition from the composer, and
 ``train/*`` figures (loss, throughput).
+
+Rank 0 evaluates every ``eval_every`` epochs and after the last. The evaluations before the
+last epoch rank only the first ``config.intermediate_eval_images`` test images (the learning
+curve, at a fraction of the cost); the last one ranks the whole split (the study's objective
+and the per-query arrays of its answer). Both report the same metric names, so MLflow shows
+one curve per metric; ``eval/images`` says how many images each point ranked.
 """
 
 from __future__ import annotations
@@ -71,17 +77,35 @@ def load_datasets(config: TrialConfig) -> tuple[Any, Any]:
     return train_raw, eval_set
 
 
-def train_set(config: TrialConfig, train_raw: Any, tokenizer, rank: int = 0, world_size: int = 1) -> Any:
+def first_images(eval_set: Any, n: Optional[int]) -> Any:
+    """The first ``n`` images of an :class:`~trainables.data.types.ImageCaptionSet` and their captions,
+    in the set's order (``eval_set`` itself when ``n`` is None or covers it all).
+
+    The evaluations before a trial's last epoch use ``first_images(eval_set,
+    config.intermediate_eval_images)``: the same images at every epoch and in every trial, so a
+    learning curve's points compare across trials. The images are a view, not a copy.
+    """
+    if n is None or n >= len(eval_set):
+        return eval_set
+    from trainables.data.types import ImageCaptionSet
+
+    return ImageCaptionSet(eval_set.images[:n], list(eval_set.captions[:n]), list(eval_set.names[:n]),
+                           dict(eval_set.skipped))
+
+
+def train_set(config: TrialConfig, train_raw: Any, tokenizer, rank: int = 0, world_size: int = 1,
+              digest: Optional[str] = None) -> Any:
     """The train set the step consumes: a :class:`~trainables.batches.TokenizedTrainSet` (tokenised
     once, cached in the data cache), or with ``train_loading="stream"`` this rank's
-    :class:`~trainables.stream.StreamTrainSet`."""
+    :class:`~trainables.stream.StreamTrainSet`. ``digest``: the
+    :func:`~trainables.tokenizer.captions_digest` of ``train_raw``'s captions, if known."""
     if train_raw is None:
         from trainables.stream import StreamTrainSet
 
         return StreamTrainSet(config, tokenizer.tokenize, rank, world_size)
     from trainables.data.synthetic import cache_root
 
-    return cached_tokenize_set(train_raw, tokenizer, cache_root(config))
+    return cached_tokenize_set(train_raw, tokenizer, cache_root(config), digest=digest)
 
 
 def make_composer(config: TrialConfig, data: Any, rank: int, world_size: int) -> Any:
@@ -199,8 +223,14 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 # ---------------------------------------------------------------------------
 def evaluate(model: torch.nn.Module, bundle, eval_set, config: TrialConfig, device,
              per_query: Optional[dict] = None) -> dict[str, float]:
-    """XTD-format retrieval metrics of the current model (see :mod:`trainables.evaluate`);
-    ``per_query`` (a dict) is filled with every query's AP."""
+    """XTD-format retrieval metrics of the current model on every image of ``eval_set`` (see
+    :mod:`trainables.evaluate`), plus ``eval/time_s`` and ``eval/images`` (how many test images
+    were ranked); ``per_query`` (a dict) is filled with every query's AP.
+
+    :func:`train_worker` passes the whole test split after the last epoch and its first
+    ``config.intermediate_eval_images`` images (:func:`first_images`) before: the metric names
+    are the same either way (one learning curve in MLflow), ``eval/images`` tells them apart.
+    """
     from trainables.evaluate import embed_dataset, evaluate_embeddings
 
     t0 = time.perf_counter()
@@ -210,6 +240,7 @@ def evaluate(model: torch.nn.Module, bundle, eval_set, config: TrialConfig, devi
     metrics = evaluate_embeddings(image_emb.float(), {k: v.float() for k, v in text_emb.items()}, k=config.eval_k,
                                   per_query=per_query)
     metrics["eval/time_s"] = time.perf_counter() - t0
+    metrics["eval/images"] = float(len(eval_set))
     return metrics
 
 
@@ -265,6 +296,7 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
     """
     from trainables.loss import make_clip_loss
     from trainables.model import build_model, make_tokenizer
+    from trainables.tokenizer import captions_digest
     from trainables.tracking import TrialRun
 
     # --- resume check first: a checkpoint of other settings is refused before any setup work
@@ -273,14 +305,19 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
 
     # --- data: the raw split first, since the corpus tokenizer is trained on its captions
     train_raw, eval_set = load_datasets(config)
-    tokenizer = make_tokenizer(config, train_raw.captions if train_raw is not None else None)
+    # evaluations before the last epoch rank the first images of the test split only (the learning
+    # curve, at a fraction of the cost); the last one ranks them all (the objective, per-query arrays)
+    intermediate_set = first_images(eval_set, config.intermediate_eval_images)
+    # the captions' digest keys both the tokenizer cache and the tokenised-set cache: computed once
+    digest = captions_digest(train_raw.captions) if train_raw is not None else None
+    tokenizer = make_tokenizer(config, train_raw.captions if train_raw is not None else None, digest)
 
     # --- model: the same seed on every rank, so every rank builds the same model
     torch.manual_seed(config.seed)
     bundle = build_model(config, device=session.device, tokenizer=tokenizer)
 
     # --- tokenised once and cached (or streamed per rank); the composer decides (sample, language) per step
-    data = train_set(config, train_raw, tokenizer, session.rank, session.world_size)
+    data = train_set(config, train_raw, tokenizer, session.rank, session.world_size, digest)
     truncated = float(getattr(data, "truncated_share", 0.0))
     if truncated > 0 and session.rank == 0:
         log.warning("context_length=%d cuts off %.1f%% of the training captions (data/truncated_share); the "
@@ -309,7 +346,8 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
             last = state.epoch + 1 == config.epochs
             if session.rank == 0 and ((state.epoch + 1) % config.eval_every == 0 or last):
                 per_query: Optional[dict] = {} if last else None  # the answer's intervals use the final evaluation
-                metrics.update(evaluate(model, bundle, eval_set, config, session.device, per_query))
+                metrics.update(evaluate(model, bundle, eval_set if last else intermediate_set, config,
+                                        session.device, per_query))
                 run.log_per_query(per_query or {})
             metrics.update({f"data/{k}": float(v) for k, v in data.skipped.items()})
             metrics["data/truncated_share"] = truncated
