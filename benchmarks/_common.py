@@ -142,3 +142,11 @@ def set_threads(threads: int) -> int:
     if threads > 0:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def add_run_args(parser, tiny_help: str, jobs_help: str = "runs trained at once (one thread each)") -> None:
+    """The flags every training benchmark takes: --jobs, --data-cache, --json and --tiny."""
+    parser.add_argument("--jobs", type=int, default=2, help=jobs_help)
+    parser.add_argument("--data-cache", default=None, help="data cache folder (default ~/.cache/mlclip-study)")
+    parser.add_argument("--json", help="save the results here")
+    parser.add_argument("--tiny", action="store_true", help=tiny_help)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import load_line, print_table, save_json
+from benchmarks._common import add_run_args, load_line, print_table, save_json
 
 # name -> (TrialConfig fields, open_clip config changes). Shared defaults: see BASE.
 CANDIDATES: dict[str, tuple[dict, dict]] = {
@@ -132,10 +132,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="*", help=f"candidates (default all): {', '.join(CANDIDATES)}")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every step budget (1.5: the stopping check)")
     p.add_argument("--points", type=int, default=4, help="evaluation points per candidate")
-    p.add_argument("--jobs", type=int, default=2, help="candidates trained at once (one thread each)")
-    p.add_argument("--data-cache", default=None, help="data cache folder (default ~/.cache/mlclip-study)")
-    p.add_argument("--json", help="save the rows here")
-    p.add_argument("--tiny", action="store_true", help="smoke run: 2 candidates, 4 steps, tiny data, a temp cache")
+    add_run_args(p, "smoke run: 2 candidates, 4 steps, tiny data, a temp cache",
+                 jobs_help="candidates trained at once (one thread each)")
     args = p.parse_args(argv)
     if args.tiny:
         args.only, args.points, args.jobs = args.only or ["default", "w64"], 2, 1

@@ -44,11 +44,17 @@ spread is itself uncertain, and t widens the interval accordingly) and the norma
 quantile with se_test alone when n = 1 (no training-noise estimate exists; the interval
 then covers test-set noise only). A normal-theory interval built from standard errors
 (rather than bootstrap percentiles) is what allows adding the two variance components.
-Differences between two ratios (:func:`paired_difference`) use the bootstrap of the
-difference under the same image resamples, Welch-style training variance var_a/n_a +
-var_b/n_b and df = n_a + n_b - 2 (normal with one seed each). The best ratio's interval
-(:func:`best_ratios`) is the set of tried ratios whose difference to the best has an
-interval containing 0 (the plausible optimum set).
+Differences between two ratios (:func:`paired_difference`) are **paired by seed** where the
+two ratios share at least 2 seeds (a study gives every ratio the same seeds, in the same
+order: ``study.race``). A seed fixes the initial weights, the image order and every per-step
+draw of the composition rule at every ratio, so the trials of one seed share what is not the
+ratio's doing: the training noise of the difference is the spread of the per-seed
+differences (a blocked design with the seed as the block; t at df = pairs - 1), and its
+test-set noise the bootstrap of the mean per-seed difference under the same image
+resamples. Where the seeds are not shared, it falls back to unpaired: Welch's
+var_a/n_a + var_b/n_b with the Welch-Satterthwaite df (normal with one seed each). The best
+ratio's interval (:func:`best_ratios`) is the set of tried ratios whose difference to the
+best has an interval containing 0 (the plausible optimum set).
 """
 
 from __future__ import annotations
@@ -293,16 +299,23 @@ def _sort_key(cell: tuple[str, str, float]) -> tuple:
 
 @dataclass
 class _Analysis:
-    """Per cell (setting, family, ratio): seed values [n] and bootstrap seed-means [n_resamples]."""
+    """Per cell (setting, family, ratio): the trials' values [n], their seeds [n], and each trial's
+    bootstrap replicates [n, n_resamples] (one row per trial, the same image resamples for all)."""
 
     seed_values: dict
-    boot: dict
+    seeds: dict
+    boot_rows: dict
 
-    def cell(self, setting: str, family: str, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def boot(self) -> dict:
+        """Per cell: the bootstrap replicates of the seed-mean [n_resamples]."""
+        return {c: rows.mean(axis=0) for c, rows in self.boot_rows.items()}
+
+    def cell(self, setting: str, family: str, ratio: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         key = (setting, family, _ratio_key(ratio))
         if key not in self.seed_values:
             raise KeyError(f"no trials for {setting}/{family} at ratio {ratio}")
-        return self.seed_values[key], self.boot[key]
+        return self.seed_values[key], self.seeds[key], self.boot_rows[key]
 
     def ratios(self, setting: str, family: str) -> list[float]:
         return sorted(r for s, f, r in self.seed_values if (s, f) == (setting, family))
@@ -312,7 +325,7 @@ class _Analysis:
 
 
 def _analyse(trials: Sequence[TrialQueries], n_resamples: int, seed: int) -> _Analysis:
-    """Point values and the paired image bootstrap of every (setting, family, ratio) seed-mean."""
+    """Point values and the paired image bootstrap of every trial's value in every (setting, family)."""
     if not trials:
         raise ValueError("no trials")
     n_images = max(_n_images(t.arrays) for t in trials)
@@ -323,28 +336,34 @@ def _analyse(trials: Sequence[TrialQueries], n_resamples: int, seed: int) -> _An
         for setting, family in values:
             members.setdefault((setting, family, _ratio_key(trial.ratio)), []).append(i)
     cells = sorted(members, key=_sort_key)
+    rows = [(c, i) for c in cells for i in members[c]]
 
-    def seed_means(images: np.ndarray, axis: int = -1) -> np.ndarray:
+    def trial_values(images: np.ndarray, axis: int = -1) -> np.ndarray:
         # images: [B, N] resampled image indices -> per-image draw counts -> weights [B, N]
         images = np.moveaxis(np.atleast_2d(images), axis, -1).reshape(-1, n_images)
         b = images.shape[0]
         flat = (images + n_images * np.arange(b)[:, None]).ravel()
         weights = np.bincount(flat, minlength=b * n_images).reshape(b, n_images).astype(np.float64)
         per_trial = _weighted_metrics(designs, weights)
-        return np.stack([_mean([per_trial[i][s, f] for i in members[s, f, r]]) for s, f, r in cells])
+        return np.stack([np.broadcast_to(per_trial[i][c[0], c[1]], (b,)) for c, i in rows])
 
     with warnings.catch_warnings():  # a replicate that draws none of a key's images gives NaN; see _se
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         result = stats.bootstrap(
-            (np.arange(n_images),), seed_means, n_resamples=n_resamples, batch=min(n_resamples, 500),
+            (np.arange(n_images),), trial_values, n_resamples=n_resamples, batch=min(n_resamples, 500),
             vectorized=True, method="percentile", rng=np.random.default_rng(seed),
         )
     dist = np.atleast_2d(result.bootstrap_distribution)
+    boot_rows, start = {}, 0
+    for c in cells:
+        boot_rows[c] = dist[start:start + len(members[c])]
+        start += len(members[c])
     seed_values = {c: np.array([points[i][c[0], c[1]] for i in members[c]]) for c in cells}
-    return _Analysis(seed_values=seed_values, boot={c: dist[j] for j, c in enumerate(cells)})
+    seeds = {c: np.array([trials[i].seed for i in members[c]]) for c in cells}
+    return _Analysis(seed_values=seed_values, seeds=seeds, boot_rows=boot_rows)
 
 
-def _interval(center: float, se_test: float, var_train: float, df: Optional[int], confidence: float) -> tuple[float, float]:
+def _interval(center: float, se_test: float, var_train: float, df: Optional[float], confidence: float) -> tuple[float, float]:
     q = stats.norm.ppf((1 + confidence) / 2) if df is None else stats.t.ppf((1 + confidence) / 2, df)
     half = float(q * math.sqrt(se_test ** 2 + var_train))
     return center - half, center + half
@@ -366,11 +385,14 @@ def answer_rows(
     docstring); n_seeds = the number of trials averaged. Trials are grouped by ratio
     rounded to 1e-9. ``n_resamples`` and ``seed`` drive the image bootstrap.
     """
-    analysis = _analyse(trials, n_resamples, seed)
+    return _rows(_analyse(trials, n_resamples, seed), confidence)
+
+
+def _rows(analysis: _Analysis, confidence: float) -> list[dict]:
     rows = []
     for (setting, family, ratio), values in analysis.seed_values.items():
         n, center = len(values), float(np.mean(values))
-        se_test = _se(analysis.boot[setting, family, ratio])
+        se_test = _se(analysis.boot_rows[setting, family, ratio].mean(axis=0))
         if n >= 2:
             low, high = _interval(center, se_test, float(np.var(values, ddof=1)) / n, n - 1, confidence)
         else:
@@ -380,15 +402,61 @@ def answer_rows(
     return rows
 
 
+@dataclass(frozen=True)
+class Difference:
+    """mean(a) - mean(b) on one metric with its interval.
+
+    paired: True when judged over the seeds both ratios share (``n`` pairs; the per-seed
+    differences give the training noise, df = n - 1); False for the unpaired fallback (Welch:
+    var_a/n_a + var_b/n_b, Welch-Satterthwaite df; ``n`` = n_a + n_b). sd_train: the sd of the
+    per-seed differences (paired) or sqrt(var_a + var_b) (unpaired), NaN without a spread;
+    se_test: the image bootstrap's standard error of the difference.
+    """
+
+    diff: float
+    low: float
+    high: float
+    paired: bool
+    n: int
+    sd_train: float
+    se_test: float
+
+    @property
+    def halfwidth(self) -> float:
+        return (self.high - self.low) / 2
+
+    @property
+    def excludes_zero(self) -> bool:
+        return not self.low <= 0.0 <= self.high
+
+
 def _difference(analysis: _Analysis, ratio_a: float, ratio_b: float, setting: str, family: str,
-                confidence: float) -> tuple[float, float, float]:
-    values_a, boot_a = analysis.cell(setting, family, ratio_a)
-    values_b, boot_b = analysis.cell(setting, family, ratio_b)
-    diff = float(np.mean(values_a) - np.mean(values_b))
-    var_train = sum(float(np.var(v, ddof=1)) / len(v) for v in (values_a, values_b) if len(v) >= 2)
-    # No seed spread to estimate (one seed each): test-set noise alone, normal quantile, as answer_rows
-    df = len(values_a) + len(values_b) - 2 if len(values_a) + len(values_b) > 2 else None
-    return (diff, *_interval(diff, _se(boot_a - boot_b), var_train, df, confidence))
+                confidence: float) -> Difference:
+    values_a, seeds_a, boot_a = analysis.cell(setting, family, ratio_a)
+    values_b, seeds_b, boot_b = analysis.cell(setting, family, ratio_b)
+    shared = sorted(set(seeds_a.tolist()) & set(seeds_b.tolist()))
+    unique = len(set(seeds_a.tolist())) == len(seeds_a) and len(set(seeds_b.tolist())) == len(seeds_b)
+    if unique and len(shared) >= 2:
+        # blocked by seed: a seed fixes the initial weights, image order and composition draws at every
+        # ratio, so what the two trials of one seed share cancels in their difference
+        ia = [int(np.flatnonzero(seeds_a == s)[0]) for s in shared]
+        ib = [int(np.flatnonzero(seeds_b == s)[0]) for s in shared]
+        d = values_a[ia] - values_b[ib]
+        n, center, var_d = len(d), float(np.mean(d)), float(np.var(d, ddof=1))
+        se_test = _se(boot_a[ia].mean(axis=0) - boot_b[ib].mean(axis=0))
+        low, high = _interval(center, se_test, var_d / n, n - 1, confidence)
+        return Difference(center, low, high, True, n, math.sqrt(var_d), se_test)
+    center = float(np.mean(values_a) - np.mean(values_b))
+    parts = [(float(np.var(v, ddof=1)) / len(v), len(v)) for v in (values_a, values_b) if len(v) >= 2]
+    var_train = sum(p for p, _ in parts)
+    # Welch-Satterthwaite degrees of freedom; no seed spread to estimate (one seed each): test-set noise
+    # alone with the normal quantile, as answer_rows
+    df = (var_train ** 2 / sum(p ** 2 / (k - 1) for p, k in parts) if var_train > 0 else
+          sum(k - 1 for _, k in parts)) if parts else None
+    se_test = _se(boot_a.mean(axis=0) - boot_b.mean(axis=0))
+    low, high = _interval(center, se_test, var_train, df, confidence)
+    sd = math.sqrt(sum(float(np.var(v, ddof=1)) for v in (values_a, values_b) if len(v) >= 2)) if parts else math.nan
+    return Difference(center, low, high, False, len(values_a) + len(values_b), sd, se_test)
 
 
 def paired_difference(
@@ -397,13 +465,15 @@ def paired_difference(
 ) -> tuple[float, float, float]:
     """(diff, ci_low, ci_high) of mean(setting, family) at ``ratio_a`` minus at ``ratio_b``.
 
-    Test-set noise: the bootstrap of the difference under the same image resamples for
-    both ratios (paired on the same queries); training noise: var_a/n_a + var_b/n_b of the
-    seed values (a ratio with one seed adds none); t quantile at df = n_a + n_b - 2, or the
-    normal quantile when both have one seed (no training-noise estimate, as in answer_rows).
-    Raises KeyError when either ratio has no value for that metric.
+    Paired where the two ratios share >= 2 seeds: the difference is the mean over those seeds
+    of the per-seed differences, whose spread is the training noise (t at df = pairs - 1).
+    Otherwise unpaired (Welch: var_a/n_a + var_b/n_b, Welch-Satterthwaite df; a ratio with
+    one seed adds no variance, and with one seed each the normal quantile covers test-set
+    noise alone, as in answer_rows). Test-set noise: the bootstrap of the difference under the
+    same image resamples for both ratios. Raises KeyError when either ratio has no value.
     """
-    return _difference(_analyse(trials, n_resamples, seed), ratio_a, ratio_b, setting, family, confidence)
+    d = _difference(_analyse(trials, n_resamples, seed), ratio_a, ratio_b, setting, family, confidence)
+    return d.diff, d.low, d.high
 
 
 def _best(analysis: _Analysis, confidence: float) -> list[dict]:
@@ -413,11 +483,7 @@ def _best(analysis: _Analysis, confidence: float) -> list[dict]:
         means = [float(np.mean(analysis.seed_values[setting, family, r])) for r in ratios]
         pick = int(np.argmin(means) if setting in LOWER_IS_BETTER else np.argmax(means))
         best = ratios[pick]
-        plausible = []
-        for r in ratios:
-            _, low, high = _difference(analysis, r, best, setting, family, confidence)
-            if low <= 0.0 <= high:
-                plausible.append(r)
+        plausible = [r for r in ratios if r == best or not _difference(analysis, r, best, setting, family, confidence).excludes_zero]
         out.append({"setting": setting, "family": family, "best_ratio": best, "best_mean": means[pick],
                     "set_low": min(plausible), "set_high": max(plausible), "plausible": plausible})
     return out
@@ -428,12 +494,23 @@ def best_ratios(
 ) -> list[dict]:
     """Per (setting, family): the best tried ratio and its plausible optimum set.
 
-    best_ratio = the ratio with the highest mean (the lowest for bias); plausible = every
-    tried ratio whose :func:`paired_difference` to the best has an interval containing 0
-    (the best itself included); set_low / set_high = its min / max. Returns dicts with
-    keys setting, family, best_ratio, best_mean, set_low, set_high, plausible.
+    best_ratio = the ratio with the highest mean (the lowest for bias); plausible = the best and
+    every tried ratio whose :func:`paired_difference` to it has an interval containing 0 (each
+    comparison at ``confidence``: the set is built to cover the true optimum, tested in
+    simulation; it is not a simultaneous statement about every ratio); set_low / set_high = its
+    min / max. Returns dicts with keys setting, family, best_ratio, best_mean, set_low, set_high,
+    plausible.
     """
     return _best(_analyse(trials, n_resamples, seed), confidence)
+
+
+def _not_tried(missing: Sequence[float]) -> str:
+    names = " and ".join(f"ratio {r:g}" for r in missing)
+    return f"{names} {'were' if len(missing) > 1 else 'was'} not tried"
+
+
+def _ruled_out(d: Difference) -> str:
+    return f"it rules out a difference below {d.low:+.3f} or above {d.high:+.3f}"
 
 
 def _ends(analysis: _Analysis, confidence: float) -> str:
@@ -441,22 +518,23 @@ def _ends(analysis: _Analysis, confidence: float) -> str:
     tried = analysis.ratios(setting, family)
     missing = [r for r in (0.0, 1.0) if r not in tried]
     if missing:
-        which = " and ".join(f"ratio {r:g}" for r in missing)
-        return f"The ends of the ratio range cannot be compared: {which} was not tried."
-    diff, low, high = _difference(analysis, 1.0, 0.0, setting, family, confidence)
-    beyond = not (low <= 0.0 <= high)
+        return f"The ends of the ratio range cannot be compared: {_not_tried(missing)}."
+    d = _difference(analysis, 1.0, 0.0, setting, family, confidence)
     families = []
     for fam in FAMILIES:
         if ("multilingual", fam, 1.0) in analysis.seed_values and ("multilingual", fam, 0.0) in analysis.seed_values:
-            d, lo, hi = _difference(analysis, 1.0, 0.0, "multilingual", fam, confidence)
-            if not lo <= 0.0 <= hi:
-                families.append(f"{fam} ({d:+.3f})")
+            f = _difference(analysis, 1.0, 0.0, "multilingual", fam, confidence)
+            if f.excludes_zero:
+                families.append(f"{fam} ({f.diff:+.3f})")
     pct = f"{100 * confidence:g}%"
-    verdict = "differ beyond noise" if beyond else "do not differ beyond noise"
+    verdict = "differ beyond noise" if d.excludes_zero else "do not differ beyond noise"
+    how = f"paired over {d.n} seeds" if d.paired else "unpaired"
     tail = (f"the multilingual t2t difference excludes 0 for {', '.join(families)}" if families
             else "the multilingual t2t difference excludes 0 for no family")
+    ruled = "" if d.excludes_zero else f"; {_ruled_out(d)}"
     return (f"Ratio 1 and ratio 0 {verdict} on the objective (multilingual i2t+t2t mAP@100): "
-            f"ratio 1 minus ratio 0 is {diff:+.3f} ({pct} CI {low:+.3f} to {high:+.3f}), and {tail}.")
+            f"ratio 1 minus ratio 0 is {d.diff:+.3f} ({pct} CI {d.low:+.3f} to {d.high:+.3f}, half-width "
+            f"{d.halfwidth:.3f}, {how}){ruled}, and {tail}.")
 
 
 def ends_sentence(
@@ -464,11 +542,120 @@ def ends_sentence(
 ) -> str:
     """One sentence: do ratio 0 and ratio 1 differ beyond noise on the objective?
 
-    Gives the difference (ratio 1 minus ratio 0) with its interval and names the families
-    whose multilingual t2t difference has an interval excluding 0; says so when ratio 0
-    or 1 was not tried.
+    Gives the difference (ratio 1 minus ratio 0) with its interval, half-width and how it was
+    judged (paired over shared seeds, or unpaired); when it does not exclude 0, the differences
+    it rules out; and names the families whose multilingual t2t difference has an interval
+    excluding 0. Says so when ratio 0 or 1 was not tried.
     """
     return _ends(_analyse(trials, n_resamples, seed), confidence)
+
+
+def seeds_needed(sd_train: float, se_test: float, target: float, confidence: float = 0.95,
+                 most: int = 1000) -> Optional[int]:
+    """The fewest paired seeds n whose expected half-width ``t(n - 1) * sqrt(sd_train**2 / n +
+    se_test**2)`` is within ``target``; None when no number of seeds gets there (the test-set
+    part alone is wider: a larger test split is needed) or beyond ``most``."""
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    if not math.isfinite(sd_train) or z * se_test >= target:
+        return None
+    for n in range(2, most + 1):
+        if stats.t.ppf(0.5 + confidence / 2, n - 1) * math.sqrt(sd_train ** 2 / n + se_test ** 2) <= target:
+            return n
+    return None
+
+
+def _resolution(analysis: _Analysis, confidence: float, target: float) -> list[str]:
+    """Per comparison on the objective (the ends; each ratio against the best): its half-width,
+    i.e. the smallest difference it could resolve, and for an unresolved one the seeds a
+    half-width of ``target`` would need."""
+    setting, family = OBJECTIVE
+    ratios = analysis.ratios(setting, family)
+    if len(ratios) < 2:
+        return []
+    means = {r: float(np.mean(analysis.seed_values[setting, family, r])) for r in ratios}
+    best = max(means, key=means.get)
+    pairs = [(1.0, 0.0)] if {0.0, 1.0} <= set(ratios) else []
+    pairs += [(best, r) for r in ratios if r != best and {best, r} != {0.0, 1.0}]
+    lines = []
+    for a, b in pairs:
+        d = _difference(analysis, a, b, setting, family, confidence)
+        what = "resolved" if d.excludes_zero else "unresolved"
+        line = (f"  ratio {a:.3g} - ratio {b:.3g}: {d.diff:+.3f} ± {d.halfwidth:.3f} ({what}; "
+                f"{'paired over ' + str(d.n) + ' seeds' if d.paired else 'unpaired'})")
+        if not d.excludes_zero:
+            need = seeds_needed(d.sd_train, d.se_test, target, confidence)
+            line += (f"; ± {target:g} would take ~{need} paired seeds" if need is not None else
+                     f"; ± {target:g} is out of reach of seeds (test-set noise alone is ± {1.96 * d.se_test:.3f})")
+        lines.append(line)
+    pct = f"{100 * confidence:g}%"
+    return [f"Resolution on the objective ({pct} half-widths: the smallest difference each comparison could resolve):",
+            *lines]
+
+
+def _hypotheses(analysis: _Analysis, confidence: float) -> list[str]:
+    """The seed paper's two claims, each as a tested hypothesis with its interval.
+
+    (a) a hybrid ratio (strictly between 0 and 1) gives better multilingual retrieval (the
+        objective) than both ends; (b) hybrid batches give less language bias than monolingual
+        training (ratio 1). The hybrid ratio tested is the best interior one (highest objective,
+        lowest bias), picked from the data, so its intervals are at a Bonferroni level over the
+        k interior ratios tried. Supported: every needed interval excludes 0 in the claimed
+        direction; contradicted: one excludes 0 against it; otherwise unresolved, with the
+        differences it rules out.
+    """
+    lines = ["Hypotheses of the hybrid-batch paper (Elmahdy et al. 2024), tested:"]
+    setting, family = OBJECTIVE
+    ratios = analysis.ratios(setting, family)
+    interior = [r for r in ratios if 0.0 < r < 1.0]
+    missing = [r for r in (0.0, 1.0) if r not in ratios]
+    if not interior or missing:
+        why = _not_tried(missing) if missing else "no ratio strictly between 0 and 1 was tried"
+        return [*lines, f"  (a) hybrid beats both ends on the objective: not testable ({why}).",
+                f"  (b) hybrid has less language bias than ratio 1: not testable ({why})."]
+    level = 1 - (1 - confidence) / len(interior)
+    means = {r: float(np.mean(analysis.seed_values[setting, family, r])) for r in interior}
+    h = max(means, key=means.get)
+    vs0, vs1 = (_difference(analysis, h, end, setting, family, level) for end in (0.0, 1.0))
+    if vs0.low > 0 and vs1.low > 0:
+        verdict = "supported"
+    elif vs0.high < 0 or vs1.high < 0:
+        verdict = "contradicted"
+    else:
+        verdict = "unresolved"
+    lines.append(f"  (a) hybrid beats both ends on the objective: {verdict}: best hybrid ratio {h:.3g} minus ratio 0 "
+                 f"{vs0.diff:+.3f} [{vs0.low:+.3f}, {vs0.high:+.3f}], minus ratio 1 {vs1.diff:+.3f} "
+                 f"[{vs1.low:+.3f}, {vs1.high:+.3f}] ({100 * level:.3g}% intervals).")
+    if ("bias", "all", 1.0) in analysis.seed_values and all(("bias", "all", r) in analysis.seed_values for r in interior):
+        bias = {r: float(np.mean(analysis.seed_values["bias", "all", r])) for r in interior}
+        b = min(bias, key=bias.get)
+        d = _difference(analysis, b, 1.0, "bias", "all", level)
+        verdict = "supported" if d.high < 0 else "contradicted" if d.low > 0 else "unresolved"
+        lines.append(f"  (b) hybrid has less language bias than ratio 1: {verdict}: least-biased hybrid ratio {b:.3g} "
+                     f"minus ratio 1 {d.diff:+.1f} [{d.low:+.1f}, {d.high:+.1f}] mean-rank gap "
+                     f"({100 * level:.3g}% interval; lower is less bias).")
+    return lines
+
+
+@dataclass
+class Answer:
+    """The whole answer of one study, from one analysis (see :func:`study_answer`)."""
+
+    rows: list
+    best: list
+    sentence: str
+    resolution: list
+    hypotheses: list
+
+
+def study_answer(trials: Sequence[TrialQueries], confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0,
+                 target: float = 0.02) -> Answer:
+    """:func:`answer_rows`, :func:`best_ratios`, :func:`ends_sentence`, the resolution lines (each
+    comparison's half-width, and the seeds a half-width of ``target`` would need) and the two
+    hypotheses, all from one image bootstrap."""
+    analysis = _analyse(trials, n_resamples, seed)
+    return Answer(rows=_rows(analysis, confidence), best=_best(analysis, confidence),
+                  sentence=_ends(analysis, confidence), resolution=_resolution(analysis, confidence, target),
+                  hypotheses=_hypotheses(analysis, confidence))
 
 
 # ---------------------------------------------------------------------------
@@ -485,8 +672,9 @@ def write_answer_csv(rows: Sequence[dict], path: Union[str, Path]) -> Path:
     return path
 
 
-def answer_markdown(rows: Sequence[dict], best: Sequence[dict], sentence: str) -> str:
-    """A short markdown summary: best ratio per (setting, family) with its interval, then ``sentence``.
+def answer_markdown(rows: Sequence[dict], best: Sequence[dict], sentence: str, notes: Sequence[str] = ()) -> str:
+    """A short markdown summary: best ratio per (setting, family) with its interval, then ``sentence``
+    and ``notes`` (lines: the resolution and hypotheses of :func:`study_answer`).
 
     rows: :func:`answer_rows`; best: :func:`best_ratios`; sentence: :func:`ends_sentence`.
     """
@@ -502,7 +690,9 @@ def answer_markdown(rows: Sequence[dict], best: Sequence[dict], sentence: str) -
         lines.append(f"| {b['setting']} | {b['family']} | {b['best_ratio']:g} | "
                      f"{b['set_low']:g} – {b['set_high']:g} | {ci} | {seeds} |")
     note = "Bias: lower is better. The plausible optimum is every tried ratio not distinguishable from the best."
-    return "\n".join(["## Answer", "", *lines, "", note, "", sentence, ""])
+    extra = ["", *(line.strip() if line.startswith("  ") else line for line in notes)] if notes else []
+    extra = [f"- {line}" if i and not line.endswith(":") and line else line for i, line in enumerate(extra)]
+    return "\n".join(["## Answer", "", *lines, "", note, "", sentence, *extra, ""])
 
 
 def plot_answer(rows: Sequence[dict], path: Union[str, Path], title: str = "") -> Optional[Path]:

@@ -173,11 +173,14 @@ def _front_text(front: Sequence[TrialRecord], objectives: Sequence[dict]) -> str
 
 
 def _answer(queries: Sequence) -> dict:
-    """The answer rows, best ratios, ends sentence and their markdown (:mod:`study.answer`)."""
+    """The answer rows, best ratios, ends sentence, resolution and hypotheses, and their markdown
+    (:mod:`study.answer`)."""
     from study import answer as ans
 
-    rows, best, sentence = ans.answer_rows(queries), ans.best_ratios(queries), ans.ends_sentence(queries)
-    markdown = ans.answer_markdown(rows, best, sentence)
+    found = ans.study_answer(queries)
+    rows, best, sentence = found.rows, found.best, found.sentence
+    notes = [*found.resolution, *found.hypotheses]
+    markdown = ans.answer_markdown(rows, best, sentence, notes)
     seeds = sorted({q.seed for q in queries})
     head = (f"Answer ({len(queries)} trials, seeds {', '.join(map(str, seeds))}; 95% intervals over seeds and "
             "test images; best ratio per setting and family, and the tried ratios not distinguishable from it):")
@@ -186,7 +189,7 @@ def _answer(queries: Sequence) -> dict:
     settings = list(dict.fromkeys(b["setting"] for b in best))
     grid = [[setting, *(cells.get((setting, f), "") for f in families)] for setting in settings]
     lines = [head, format_table(["setting", *families], [row + [""] for row in grid]).replace("  \n", "\n").rstrip()]
-    lines.append(sentence)
+    lines += [sentence, *notes]
     return {"rows": rows, "best": best, "sentence": sentence, "markdown": markdown, "text": "\n".join(lines)}
 
 
@@ -232,6 +235,10 @@ def plan_text(state: "StudyState", space: "SearchSpace") -> str:
     gpu = f" + {state.gpus_per_worker:g} GPU" if state.gpus_per_worker else ""
     data = f"train={state.base_config.get('train_data')}, eval={state.base_config.get('eval_data')}"
     seeds = f" ({len(space.seeds)} seeds per proposal: {', '.join(map(str, space.seeds))})" if space.seeds else ""
+    if space.seed_min:
+        seeds = (f" at most ({space.seed_min} seeds per candidate, then up to {len(space.seeds)}, raced: the least "
+                 f"precise comparison first, target half-width {space.target_halfwidth:g}"
+                 + (f"; stops after {space.max_minutes:g} min" if space.max_minutes else "") + ")")
     base = state.base_config
     steps = f"{base.get('epochs')} epochs" + (f" x {base['steps_per_epoch']} steps" if base.get("steps_per_epoch") else "")
     return "\n".join(

@@ -28,7 +28,7 @@ from study.answer import trial_queries
 from study.results import FAILED, UNFINISHED, TrialRecord, records_from_results
 from study.spaces import SearchSpace
 from study.state import StudyState, describe, is_uri, save_state
-from study.tuning import build_tuner, can_restore, restore_tuner
+from study.tuning import RACE_REPORT, build_tuner, can_restore, read_race_report, restore_tuner
 from trainables.tracking import (
     TrackingError,
     TrackingInfo,
@@ -143,11 +143,15 @@ def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, sec
     records = records_from_results(results, state.base_config)
     _attach_reasons(records, failure_reasons(client, state.experiment_id, state.parent_run_id))
     reconcile_children(client, TrackingInfo(state.tracking_uri, state.experiment_id, state.parent_run_id, "", ""), records)
-    interrupted = len(records) < state.num_trials or any(r.status == UNFINISHED for r in records)
+    race = read_race_report(os.path.join(state.output_dir, RACE_REPORT)) if space.seeds else None
+    cut_short = race.stop_reason is None if race is not None else len(records) < state.num_trials
+    interrupted = cut_short or any(r.status == UNFINISHED for r in records)
     title = f"{state.name}: mAP@100 per family vs ratio"
     queries = trial_queries(client, state.experiment_id, state.parent_run_id, records)
     summary = console.summarize(records, state.objectives, Path(state.output_dir), title, space.param_names, queries)
     console.say(f"\nTrials of study {state.name} ({len(records)}/{state.num_trials}, {seconds:.0f} s):\n")
+    if race is not None:
+        console.say(f"Seeds: {race.summary()}\n")
     console.say(summary.text)
     log_summary(client, state.parent_run_id, summary.best, state.metric, summary.files, summary.markdown)
     close_parent_run(client, state.parent_run_id, "KILLED" if interrupted else "FINISHED")

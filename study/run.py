@@ -320,6 +320,13 @@ def _checked_search(space: SearchSpace, args: argparse.Namespace) -> SearchSpace
             raise StudyError(f"--{flag.replace('_', '-')}={value}: must be {'>= 0' if flag == 'max_failures' else 'positive'}")
     if args.scheduler == "asha" and space.multi_objective:
         raise StudyError(f"--scheduler asha needs a single objective; space {space.name!r} has {len(space.objectives)}")
+    if args.scheduler == "asha" and space.seed_min:
+        raise StudyError(f"--scheduler asha with raced seeds (space {space.name!r}): early stopping would race "
+                         "the seeds on cut-short trials; use the default fifo scheduler")
+    try:
+        space.check_seed_budget(args.num_samples)
+    except SpaceError as err:
+        raise StudyError(f"{err} (--num-samples {args.num_samples})") from None
     return space
 
 

@@ -10,8 +10,9 @@ A space file (parsed with ``yaml.safe_load``; nothing in it is evaluated) has fo
       multivariate: false       # optuna only
       initial_points:           # optuna only: tried first, in order (e.g. the ends of a range)
         - {ratio: 0.0}
-      seeds: [0, 1, 2]          # optuna only: every proposed point is trained once per seed, and
-                                # Optuna learns from the seeds' mean (a grid searches `seed` itself)
+      seeds: [0, 1, 2]          # every candidate (proposal or grid point) is trained once per seed;
+                                # Optuna learns from the seeds' mean. Or raced (study.race):
+                                # {min: 2, max: 10, target_halfwidth: 0.01, max_trials: 40, max_minutes: 9}
       objectives:               # one (single objective) or several (multi-objective)
         - {metric: map100/multilingual, mode: max}
     fixed:                      # TrialConfig fields shared by every trial
@@ -36,6 +37,7 @@ from typing import Any
 import yaml
 
 from search_spaces import available_spaces, space_file
+from study.race import SeedPlan
 from trainables.config import MAX_SEED, ConfigError, TrialConfig
 from trainables.metric_names import TARGET_METRIC
 
@@ -133,7 +135,11 @@ class SearchSpace:
     n_startup_trials: int = 10
     multivariate: bool = False
     initial_points: tuple = ()
-    seeds: tuple = ()  # optuna: each proposal runs once per seed (Ray Tune's Repeater)
+    seeds: tuple = ()  # every candidate takes these seeds in order (study.race)
+    seed_min: int = 0  # seeds every candidate gets first (0: all of them, equal allocation)
+    target_halfwidth: float | None = None  # raced seeds: stop once every comparison is this precise
+    max_trials: int | None = None  # raced seeds: the trial budget
+    max_minutes: float | None = None  # raced seeds: the wall-clock budget
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -157,12 +163,35 @@ class SearchSpace:
             points = [{param.name: v, **pt} for v in param.values for pt in points]
         return points
 
-    def num_trials(self, num_samples: int | None = None) -> int:
-        """Trials the study will run (``num_samples`` overrides the space's: proposals or grid repeats)."""
+    def candidate_points(self) -> list[dict]:
+        """A grid space with ``search.seeds``: its points, each a candidate that takes the seeds."""
+        return self.grid_points()
+
+    def num_candidates(self, num_samples: int | None = None) -> int:
+        """Proposals (Optuna) or grid points x repeats (grid)."""
         repeats = num_samples or self.num_samples
-        if self.algorithm == "grid":
-            return len(self.grid_points()) * repeats
-        return repeats * max(1, len(self.seeds))
+        return len(self.grid_points()) * repeats if self.algorithm == "grid" else repeats
+
+    def num_trials(self, num_samples: int | None = None) -> int:
+        """The most trials the study runs (``num_samples`` overrides the space's: proposals or grid
+        repeats); a race of seeds may stop before (study.race)."""
+        trials = self.num_candidates(num_samples) * max(1, len(self.seeds))
+        return min(trials, self.max_trials) if self.max_trials else trials
+
+    def check_seed_budget(self, num_samples: int | None = None) -> None:
+        """Raced seeds: the trial budget must give every candidate its first ``min`` seeds (SpaceError)."""
+        if self.max_trials is None or not self.seed_min:
+            return
+        need = self.seed_min * self.num_candidates(num_samples)
+        if self.max_trials < need:
+            raise SpaceError(f"space {self.name!r} ({self.source}): search.seeds.max_trials={self.max_trials} is below "
+                             f"min={self.seed_min} seeds x {self.num_candidates(num_samples)} candidates = {need}")
+
+    def seed_plan(self, confidence: float = 0.95) -> SeedPlan:
+        """How the study spends its seeds (:class:`study.race.SeedPlan`)."""
+        return SeedPlan(seeds=self.seeds, min_seeds=self.seed_min or len(self.seeds),
+                        target_halfwidth=self.target_halfwidth, max_trials=self.max_trials,
+                        max_minutes=self.max_minutes, confidence=confidence)
 
 
 # ---------------------------------------------------------------------------
@@ -284,40 +313,85 @@ def parse_space(data: Any, *, name: str, source: str) -> SearchSpace:
         raise SpaceError(f"{where}: {', '.join(overlap)} both fixed and searched")
     objectives = _parse_objectives(search.get("objectives", [DEFAULT_OBJECTIVE]), where)
     seeds = _parse_seeds(search.get("seeds"), algorithm, len(objectives), fixed, params, where)
-    return SearchSpace(
+    num_samples = _positive_int(search.get("num_samples", 1), f"{where}: search.num_samples")
+    if algorithm == "grid" and seeds and num_samples != 1:
+        raise SpaceError(f"{where}: search.num_samples={num_samples}: a grid with search.seeds runs each point "
+                         "once per seed; leave num_samples at 1")
+    space = SearchSpace(
         name=name,
         source=source,
         description=str(data.get("description", "")).strip(),
         algorithm=algorithm,
-        num_samples=_positive_int(search.get("num_samples", 1), f"{where}: search.num_samples"),
+        num_samples=num_samples,
         objectives=objectives,
         fixed=fixed,
         params=params,
         n_startup_trials=_positive_int(search.get("n_startup_trials", 10), f"{where}: search.n_startup_trials"),
         multivariate=bool(search.get("multivariate", False)),
         initial_points=_parse_initial_points(search.get("initial_points"), params, algorithm, where),
-        seeds=seeds,
+        **seeds,
         raw=data,
     )
+    space.check_seed_budget()
+    return space
 
 
-def _parse_seeds(value: Any, algorithm: str, n_objectives: int, fixed: dict, params: tuple, where: str) -> tuple:
-    """``search.seeds``: distinct non-negative integers, for single-objective Optuna spaces."""
+SEED_RACE_KEYS = ("min", "max", "target_halfwidth", "max_trials", "max_minutes")
+
+
+def _parse_seeds(value: Any, algorithm: str, n_objectives: int, fixed: dict, params: tuple, where: str) -> dict:
+    """``search.seeds``, as :class:`SearchSpace` fields (single-objective spaces only).
+
+    A list: distinct integers in [0, 2**32 - 1], every candidate trains with each (equal
+    allocation). A mapping ``{min, max, target_halfwidth, max_trials, max_minutes}``: seeds
+    0..max-1, every candidate first gets ``min``, the rest are raced (:mod:`study.race`).
+    """
     if value is None:
-        return ()
+        return {}
     at = f"{where}: search.seeds"
-    if algorithm != "optuna":
-        raise SpaceError(f"{at}: only for optuna spaces (a grid space searches seed as a grid param)")
     if n_objectives > 1:
         raise SpaceError(f"{at}: repeats average one objective; a multi-objective space takes no seeds")
     if "seed" in fixed or any(p.name == "seed" for p in params):
         raise SpaceError(f"{at}: seed is also fixed or searched; give it in one place")
+    if isinstance(value, dict):
+        return _parse_seed_race(value, at)
     if (not isinstance(value, list) or not value
             or any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= MAX_SEED for x in value)):
-        raise SpaceError(f"{at}={value!r}: must be a list of integers in [0, 2**32 - 1]")
+        raise SpaceError(f"{at}={value!r}: must be a list of integers in [0, 2**32 - 1], or a mapping "
+                         f"with {', '.join(SEED_RACE_KEYS)}")
     if len(set(value)) != len(value):
         raise SpaceError(f"{at}={value!r}: seeds must be distinct")
-    return tuple(value)
+    return {"seeds": tuple(value)}
+
+
+def _parse_seed_race(value: dict, at: str) -> dict:
+    """The mapping form of ``search.seeds``: raced seeds (checks that need no other setting)."""
+    _only_keys(value, SEED_RACE_KEYS, at)
+    for key in ("min", "max", "target_halfwidth"):
+        if key not in value:
+            raise SpaceError(f"{at}: {key} is missing (raced seeds take {', '.join(SEED_RACE_KEYS[:3])}; "
+                             f"optionally {', '.join(SEED_RACE_KEYS[3:])})")
+    low = _positive_int(value["min"], f"{at}.min")
+    high = _positive_int(value["max"], f"{at}.max")
+    if low < 2:
+        raise SpaceError(f"{at}.min={low}: at least 2 seeds per candidate (one seed has no spread to race on)")
+    if high < low:
+        raise SpaceError(f"{at}: min={low} > max={high}")
+    if high > 1000:
+        raise SpaceError(f"{at}.max={high}: at most 1000 seeds per candidate")
+    target = _number(value["target_halfwidth"], f"{at}.target_halfwidth")
+    if not math.isfinite(target) or target <= 0:
+        raise SpaceError(f"{at}.target_halfwidth={target!r}: must be a positive number")
+    budget = value.get("max_trials")
+    if budget is not None:
+        budget = _positive_int(budget, f"{at}.max_trials")
+    minutes = value.get("max_minutes")
+    if minutes is not None:
+        minutes = _number(minutes, f"{at}.max_minutes")
+        if not math.isfinite(minutes) or minutes <= 0:
+            raise SpaceError(f"{at}.max_minutes={minutes!r}: must be a positive number")
+    return {"seeds": tuple(range(high)), "seed_min": low, "target_halfwidth": float(target),
+            "max_trials": budget, "max_minutes": float(minutes) if minutes is not None else None}
 
 
 def _only_keys(mapping: dict, allowed: tuple[str, ...], where: str) -> None:

@@ -2,9 +2,10 @@
 
 * Optuna spaces: a seeded TPE sampler in ``OptunaSearch``, bounded by ``ConcurrencyLimiter``.
   Multi-objective metric/mode lists go on ``OptunaSearch`` (Ray 2.60), not ``TuneConfig``.
-  With ``search.seeds``, every proposal runs once per seed (:class:`SeedRepeater`, Tune's
-  ``Repeater``); Optuna is told the seeds' mean, so it models the ratio, not one seed's luck.
 * Grid spaces: Tune's grid search (no Optuna), bounded by ``max_concurrent_trials``.
+* With ``search.seeds`` (Optuna or grid): :class:`SeedSearcher`, on Tune's public ``Searcher``
+  API, gives every candidate its seeds, equally or raced (:mod:`study.race`); Optuna is told
+  each proposal's seed mean, so it models the ratio, not one seed's luck.
 * ``--scheduler asha``: ``AsyncHyperBandScheduler`` on the per-epoch target metric.
 
 The Tune experiment, including the pickled searcher, lives in ``<storage>/<name>``;
@@ -17,12 +18,13 @@ import base64
 import json
 import os
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
-from ray.tune.search import Repeater
-from ray.tune.search.repeater import TRIAL_INDEX, _TrialGroup
+import numpy as np
+from ray.tune.search import Searcher
 
 from study.cluster import Capacity, driver_resources
+from study.race import SeedRace
 from study.spaces import SearchSpace
 from study.state import StudyState, join
 from study.trial import TrialContext, run_trial
@@ -79,65 +81,140 @@ def progress_metrics(first: tuple) -> list[str]:
     return list(dict.fromkeys(["epoch", *first, logged_name("composition/mono_share"), *families]))
 
 
-class SeedRepeater(Repeater):
-    """Tune's ``Repeater`` that gives the i-th repeat of a proposal ``seed = seeds[i]``.
+class SeedSearcher(Searcher):
+    """Tune's searcher of a study with seeds: which (candidate, seed) each new trial trains.
 
-    Its state (which trial belongs to which proposal) is saved with the inner searcher's, so a
-    resumed study still reports each proposal's mean once all its seeds have finished (Tune's
-    ``Repeater.save`` keeps only the inner searcher).
+    The decisions are :class:`study.race.SeedRace`'s (equal seeds, or seeds raced to where the
+    answer is uncertain); this class adapts them to Tune's public ``Searcher`` API. Candidates
+    come from ``inner`` (Optuna: one proposal per candidate, told the mean of its first
+    ``min_seeds`` seeds, so it models the ratio, not one seed's luck) or, for a grid, from
+    ``grid`` (the grid's points, without seeds). Its state is plain JSON with the inner
+    searcher's own file inside, so a resumed study continues the allocation where it stopped.
     """
 
-    def __init__(self, searcher: Any, seeds: tuple):
-        super().__init__(searcher, repeat=len(seeds), set_index=True)
-        self.seeds = tuple(seeds)
+    def __init__(self, race: SeedRace, metric: str, mode: str, inner: Any = None, grid: Sequence[dict] = (),
+                 report: Optional[str] = None):
+        super().__init__(metric=metric, mode=mode)
+        self.race, self.inner, self.grid = race, inner, [dict(p) for p in grid]
+        self.report = report  # where the race's state is written as it changes (the study reads it at the end)
 
-    def suggest(self, trial_id: str):  # noqa: D102 - see Repeater
-        config = super().suggest(trial_id)
-        if isinstance(config, dict) and TRIAL_INDEX in config:
-            config = dict(config)
-            config["seed"] = self.seeds[config.pop(TRIAL_INDEX)]
-        return config
+    def _write_report(self) -> None:
+        if self.report:
+            write_race_report(self.report, self.race)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:  # noqa: D102 - see Searcher
+        if self.inner is None:
+            return True
+        return self.inner.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str):  # noqa: D102 - see Searcher
+        action = self.race.next_action()
+        if action[0] == "propose":
+            if self.inner is None:
+                cand = self.race.add_candidate(self.grid[len(self.race.candidates)])
+            else:
+                config = self.inner.suggest(trial_id)
+                if config is None or config == Searcher.FINISHED:
+                    return config
+                cand = self.race.add_candidate(config, proposal=trial_id)
+            action = ("seed", cand, self.race._next_seed(cand))
+        if action[0] == "wait":
+            return None
+        if action[0] == "finished":
+            self._write_report()
+            return Searcher.FINISHED
+        _, cand, seed = action
+        self.race.start(trial_id, cand, seed)
+        return {**self.race.candidates[cand]["config"], "seed": seed}
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:  # noqa: D102
+        value = None if error or not result else result.get(self.metric)
+        cand = self.race.complete(trial_id, value)
+        self._write_report()
+        if cand is None or self.inner is None:
+            return
+        proposal = self.race.candidates[cand]["proposal"]
+        mine = [t for t in self.race.trials.values() if t["cand"] == cand]
+        if proposal is None or len(mine) != self.race.plan.min_seeds or not self.race.min_seeds_done(cand):
+            return  # Optuna is told once, when the proposal's first min_seeds are over
+        values = [t["value"] for t in mine if t["value"] is not None]
+        if values:
+            self.inner.on_trial_complete(proposal, result={self.metric: float(np.mean(values))})
+        else:
+            self.inner.on_trial_complete(proposal, result=None, error=True)
 
     def save(self, checkpoint_path: str) -> None:  # noqa: D102 - see Searcher
-        with tempfile.TemporaryDirectory() as folder:
-            inner = os.path.join(folder, "inner.pkl")
-            self.searcher.save(inner)
-            with open(inner, "rb") as f:
-                blob = base64.b64encode(f.read()).decode("ascii")
-        groups = [{"primary": g.primary_trial_id, "config": g.config, "trials": g._trials, "max": g.max_trials}
-                  for g in self._groups]
-        index = {id(g): i for i, g in enumerate(self._groups)}
-        state = {"groups": groups, "inner": blob, "seeds": list(self.seeds),
-                 "trials": {t: index[id(g)] for t, g in self._trial_id_to_group.items()},
-                 "current": index.get(id(self._current_group))}
+        blob = None
+        if self.inner is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                inner = os.path.join(folder, "inner.pkl")
+                self.inner.save(inner)
+                with open(inner, "rb") as f:
+                    blob = base64.b64encode(f.read()).decode("ascii")
+        state = {"race": self.race.state(), "inner": blob, "grid": self.grid}
         with open(checkpoint_path, "w", encoding="utf-8") as f:
             json.dump(state, f)  # plain data: a resumed study never unpickles a file of ours
 
     def restore(self, checkpoint_path: str) -> None:  # noqa: D102 - see Searcher
         with open(checkpoint_path, encoding="utf-8") as f:
             state = json.load(f)
-        with tempfile.TemporaryDirectory() as folder:
-            inner = os.path.join(folder, "inner.pkl")
-            with open(inner, "wb") as f:
-                f.write(base64.b64decode(state["inner"]))
-            self.searcher.restore(inner)  # the inner searcher's own format (Tune restores it the same way)
-        self._groups = []
-        for g in state["groups"]:
-            group = _TrialGroup(g["primary"], g["config"], max_trials=g["max"])
-            group._trials = dict(g["trials"])
-            self._groups.append(group)
-        self._trial_id_to_group = {t: self._groups[i] for t, i in state["trials"].items()}
-        current = state.get("current")
-        self._current_group = self._groups[current] if current is not None else None
-        self.seeds = tuple(state["seeds"])
+        if state.get("inner") is not None and self.inner is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                inner = os.path.join(folder, "inner.pkl")
+                with open(inner, "wb") as f:
+                    f.write(base64.b64decode(state["inner"]))
+                self.inner.restore(inner)  # the inner searcher's own format (Tune restores it the same way)
+        self.race = SeedRace.from_state(state["race"])
+        self.grid = state.get("grid", self.grid)
+
+
+RACE_REPORT = "seed_race.json"
+
+
+def write_race_report(path: str, race: SeedRace) -> None:
+    """Write ``race``'s state to ``path`` (JSON, replaced atomically)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(race.state(), f)
+    os.replace(tmp, path)
+
+
+def read_race_report(path: str) -> Optional[SeedRace]:
+    """The race written by :func:`write_race_report`, or None when the study has none."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return SeedRace.from_state(json.load(f))
+
+
+def seed_race(space: SearchSpace, state: StudyState) -> SeedRace:
+    """The study's :class:`SeedRace`: its seeds, candidates (proposals or grid points) and budget."""
+    n_candidates = len(space.candidate_points()) if space.algorithm == "grid" else state.num_samples
+    return SeedRace(plan=space.seed_plan(), n_candidates=n_candidates, mode=state.mode)
 
 
 def build_searcher(space: SearchSpace, state: StudyState) -> Any:
-    """Seeded TPE in OptunaSearch under a ConcurrencyLimiter; None for grid spaces."""
-    if space.algorithm == "grid":
+    """The study's searcher under a ConcurrencyLimiter, or None for a grid without ``search.seeds``.
+
+    Optuna spaces: seeded TPE in ``OptunaSearch``. With ``search.seeds`` (Optuna or grid), a
+    :class:`SeedSearcher` decides each trial's candidate and seed (:mod:`study.race`).
+    """
+    if space.algorithm == "grid" and not space.seeds:
         return None
-    import optuna
     from ray.tune.search import ConcurrencyLimiter
+
+    searcher = _optuna_searcher(space, state) if space.algorithm == "optuna" else None
+    if space.seeds:
+        grid = space.candidate_points() if space.algorithm == "grid" else ()
+        searcher = SeedSearcher(seed_race(space, state), state.metric, state.mode, inner=searcher, grid=grid,
+                                report=os.path.join(state.output_dir, RACE_REPORT))
+        searcher._write_report()  # a fresh study's race replaces any earlier file there
+    return ConcurrencyLimiter(searcher, max_concurrent=state.max_concurrent)
+
+
+def _optuna_searcher(space: SearchSpace, state: StudyState) -> Any:
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -146,17 +223,13 @@ def build_searcher(space: SearchSpace, state: StudyState) -> Any:
     )
     points = [dict(p) for p in space.initial_points] or None
     if state.multi_objective:
-        searcher = OptunaSearch(
+        return OptunaSearch(
             metric=[o["metric"] for o in state.objectives],
             mode=[o["mode"] for o in state.objectives],
             sampler=sampler,
             points_to_evaluate=points,
         )
-    else:
-        searcher = OptunaSearch(sampler=sampler, points_to_evaluate=points)
-    if space.seeds:
-        searcher = SeedRepeater(searcher, space.seeds)
-    return ConcurrencyLimiter(searcher, max_concurrent=state.max_concurrent)
+    return OptunaSearch(sampler=sampler, points_to_evaluate=points)
 
 
 def build_scheduler(state: StudyState, space: SearchSpace) -> Any:
@@ -184,13 +257,14 @@ def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, fit: 
     from ray import tune
 
     single = not state.multi_objective
+    searcher = build_searcher(space, state)
     tune_config = tune.TuneConfig(
         metric=state.metric if single else None,
         mode=state.mode if single else None,
-        search_alg=build_searcher(space, state),
+        search_alg=searcher,
         scheduler=build_scheduler(state, space),
-        num_samples=state.num_samples if space.algorithm == "grid" else state.num_trials,  # repeats included
-        max_concurrent_trials=state.max_concurrent if space.algorithm == "grid" else None,
+        num_samples=state.num_samples if searcher is None else state.num_trials,  # seeds included
+        max_concurrent_trials=state.max_concurrent if searcher is None else None,
         trial_name_creator=trial_dirname,
         trial_dirname_creator=trial_dirname,
     )
@@ -202,7 +276,7 @@ def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, fit: 
     )
     return tune.Tuner(
         build_trainable(state, capacity, fit),
-        param_space=space.tune_param_space(),
+        param_space={} if space.algorithm == "grid" and space.seeds else space.tune_param_space(),  # the searcher's
         tune_config=tune_config,
         run_config=run_config,
     )

@@ -118,3 +118,14 @@ def test_tokenizers_tiny():
 
     rows = tokenizers.main(["--tiny"])
     assert [r[1].split()[0] for r in rows] == ["corpus", "openclip_bpe"]
+
+
+def test_noise_tiny(tmp_path):
+    from benchmarks import noise
+
+    out = noise.main(["--tiny", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "noise.json")])
+    assert [(r["ratio"], r["seeds"]) for r in out["per_ratio"]] == [(0.0, 2), (0.5, 2), (1.0, 2)]
+    recipe = out["per_recipe"][0]
+    assert recipe["steps"] == 4 and recipe["sd_paired"] >= 0 and recipe["se_test"] > 0
+    assert recipe["seeds_per_ratio"] >= 2 and recipe["halfwidth"] > 0
+    assert len(list((tmp_path / "runs").glob("*.npz"))) == 6  # every run's per-query arrays

@@ -181,7 +181,8 @@ def test_space_seeds_beyond_32_bits(here, capsys):
     (here / "s.yaml").write_text("search: {seeds: [0, 4294967296]}\nparams: {ratio: {type: uniform, low: 0, high: 1}}\n")
     line = run_cli(capsys, here, ["--space", "s.yaml"])
     assert line == (f"error: space 's' ({here / 's.yaml'}): search.seeds=[0, 4294967296]: "
-                    "must be a list of integers in [0, 2**32 - 1]")
+                    "must be a list of integers in [0, 2**32 - 1], or a mapping with min, max, target_halfwidth, "
+                    "max_trials, max_minutes")
 
 
 @pytest.mark.parametrize("break_it", [_one_line_fewer, _latin1, _dotdot_name],

@@ -1,9 +1,10 @@
-"""Seeds repeated per Optuna proposal: the space's `search.seeds`, and the searcher that runs them."""
+"""Seeds per candidate: the space's `search.seeds` (a list, or raced), and the searcher that runs them."""
 
 import pytest
 
 from study.spaces import SpaceError, parse_space
-from study.tuning import SeedRepeater
+from study.race import SeedPlan, SeedRace
+from study.tuning import SeedSearcher
 
 BASE = {"fixed": {"epochs": 1}, "params": {"ratio": {"type": "uniform", "low": 0.0, "high": 1.0}}}
 
@@ -21,6 +22,15 @@ def test_seeds_multiply_the_trials():
 @pytest.mark.parametrize("search, message", [
     ({"seeds": [0, 0]}, "seeds must be distinct"),
     ({"seeds": [0, -1]}, r"must be a list of integers in \[0, 2\*\*32 - 1\]"),
+    ({"seeds": {"min": 3, "max": 2, "target_halfwidth": 0.01}}, "min=3 > max=2"),
+    ({"seeds": {"min": 1, "max": 4, "target_halfwidth": 0.01}}, "at least 2 seeds per candidate"),
+    ({"seeds": {"min": 2, "max": 4, "target_halfwidth": 0}}, "target_halfwidth=0: must be a positive number"),
+    ({"seeds": {"min": 2, "max": 4, "target_halfwidth": -0.1}}, "must be a positive number"),
+    ({"seeds": {"min": 2, "max": 4, "target_halfwidth": 0.01, "max_trials": 3}},
+     r"max_trials=3 is below min=2 seeds x 2 candidates = 4"),
+    ({"seeds": {"min": 2, "max": 4, "target_halfwidth": 0.01, "max_minutes": 0}}, "max_minutes=0"),
+    ({"seeds": {"min": 2, "max": 4}}, "target_halfwidth is missing"),
+    ({"seeds": {"min": 2, "max": 4, "target_halfwidth": 0.01, "budget": 3}}, "unknown"),
     ({"seeds": [True]}, r"must be a list of integers in \[0, 2\*\*32 - 1\]"),
     ({"seeds": []}, r"must be a list of integers in \[0, 2\*\*32 - 1\]"),
     ({"seeds": [0, 1], "objectives": [{"metric": "map100/multilingual", "mode": "max"},
@@ -45,7 +55,8 @@ def _searcher(seeds=(0, 1, 2)):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     inner = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2),
                          points_to_evaluate=[{"ratio": 0.0}, {"ratio": 1.0}])
-    searcher = SeedRepeater(inner, seeds)
+    race = SeedRace(SeedPlan(seeds=tuple(seeds), min_seeds=len(seeds)), n_candidates=4, mode="max")
+    searcher = SeedSearcher(race, "m", "max", inner=inner)
     searcher.set_search_properties("m", "max", {"ratio": tune.uniform(0.0, 1.0)})
     return searcher
 
@@ -58,13 +69,13 @@ def test_each_proposal_runs_once_per_seed_and_optuna_learns_the_mean():
     assert all("__trial_index__" not in c for c in configs)
     for i, value in enumerate([0.1, 0.2, 0.6]):
         searcher.on_trial_complete(f"t{i}", {"m": value})
-    trials = searcher.searcher._ot_study.trials
+    trials = searcher.inner._ot_study.trials
     assert len(trials) == 2 and trials[0].value == pytest.approx(0.3)  # the mean of the three seeds
 
 
 def test_a_restored_searcher_still_groups_the_running_seeds(tmp_path):
-    """Tune's Repeater keeps only the inner searcher in its checkpoint; ours keeps the groups too,
-    so a resumed study reports each proposal's mean once all its seeds are done."""
+    """The checkpoint keeps which trial trains which candidate and seed (plain JSON) with the inner
+    searcher's own file, so a resumed study reports each proposal's mean once all its seeds are done."""
     searcher = _searcher()
     for i in range(3):
         searcher.suggest(f"t{i}")
@@ -75,6 +86,6 @@ def test_a_restored_searcher_still_groups_the_running_seeds(tmp_path):
     restored.restore(str(path))
     restored.on_trial_complete("t1", {"m": 0.2})
     restored.on_trial_complete("t2", {"m": 0.6})
-    trials = restored.searcher._ot_study.trials
+    trials = restored.inner._ot_study.trials
     assert trials[0].value == pytest.approx(0.3)
     assert restored.suggest("t3") == {"ratio": 1.0, "seed": 0}
