@@ -48,6 +48,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "t0.02-s300": {"temperature": 0.02, "steps_per_epoch": 60, "warmup_steps": 60},
     "t0.02-s800": {"temperature": 0.02, "steps_per_epoch": 160, "warmup_steps": 160},
     "t0.01": {"temperature": 0.01},
+    "t0.01-s300": {"temperature": 0.01, "steps_per_epoch": 60, "warmup_steps": 60},
+    "t0.01-b128-s200": {"temperature": 0.01, "batch_size": 128, "steps_per_epoch": 40, "warmup_steps": 40},
 }
 RATIOS = (0.0, 0.5, 1.0)
 OBJECTIVE = "map100/multilingual"

@@ -28,7 +28,7 @@ from study.answer import trial_queries
 from study.results import FAILED, UNFINISHED, TrialRecord, records_from_results
 from study.spaces import SearchSpace
 from study.state import StudyState, describe, is_uri, save_state
-from study.tuning import RACE_REPORT, build_tuner, can_restore, read_race_report, restore_tuner
+from study.tuning import RACE_REPORT, build_tuner, can_restore, read_race_report, restore_tuner, write_race_report
 from trainables.tracking import (
     TrackingError,
     TrackingInfo,
@@ -144,6 +144,9 @@ def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, sec
     _attach_reasons(records, failure_reasons(client, state.experiment_id, state.parent_run_id))
     reconcile_children(client, TrackingInfo(state.tracking_uri, state.experiment_id, state.parent_run_id, "", ""), records)
     race = read_race_report(os.path.join(state.output_dir, RACE_REPORT)) if space.seeds else None
+    if race is not None and race.stop_reason is None:
+        race.next_action()  # Tune stops asking at its trial budget: the race then says it is done here
+        write_race_report(os.path.join(state.output_dir, RACE_REPORT), race)
     cut_short = race.stop_reason is None if race is not None else len(records) < state.num_trials
     interrupted = cut_short or any(r.status == UNFINISHED for r in records)
     title = f"{state.name}: mAP@100 per family vs ratio"

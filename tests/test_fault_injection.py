@@ -519,3 +519,40 @@ def test_a_failed_trial_is_recorded_and_reported_with_its_reason(scenario):
     for output in (scenario.final_output, scenario.report.stdout):
         assert "Failed trials:" in output and f"{trial_id}: " in output and "non-finite loss" in output
     assert scenario.report.returncode == 0, scenario.report.stderr[-2000:]
+
+
+# Raced seeds (study.race) on a grid: 2 seeds per ratio first, then one more to the less precise side,
+# 5 trials in all. The driver is killed after 2 completed trials, and --resume continues the race.
+RACE_SPACE = """
+search:
+  algorithm: grid
+  seeds: {min: 2, max: 3, target_halfwidth: 0.001, max_trials: 5}
+fixed: {epochs: 2, synthetic_train_size: 64, synthetic_test_size: 20}
+params:
+  ratio: {type: grid, values: [0.0, 1.0]}
+"""
+
+
+def test_a_killed_raced_study_resumes_its_allocation(tmp_path):
+    (tmp_path / "space.yaml").write_text(RACE_SPACE)
+    first = start_study(tmp_path, tmp_path / "a.log", "--space", "space.yaml", "--name", STUDY,
+                        "--max-concurrent", "1", "--num-cpus", "2")
+    before = wait_completed(first, tmp_path, tmp_path / "a.log", 2)
+    killed_at = time.time()
+    kill_session(first)
+    second = start_study(tmp_path, tmp_path / "b.log", "--resume", "--name", STUDY)
+    second.wait(timeout=STUDY_TIMEOUT_S)
+    output = (tmp_path / "b.log").read_text()
+    assert second.returncode == 0, output[-3000:]
+    race = json.loads((tmp_path / "study_results" / STUDY / "seed_race.json").read_text())
+    assert race["stop_reason"] == "the budget of 5 trials is spent" and "Seeds: seeds per candidate" in output
+    pairs = sorted((race["candidates"][t["cand"]]["ratio"], t["seed"]) for t in race["trials"].values())
+    assert len(pairs) == 5 and len(set(pairs)) == 5  # no (ratio, seed) trained twice, none lost
+    assert {(0.0, 0), (0.0, 1), (1.0, 0), (1.0, 1)} <= set(pairs)  # every ratio's first min seeds
+    assert set(before) <= set(race["trials"])  # the race kept the trials that ended before the kill
+    state = mlflow_state(tmp_path)
+    assert len(state["children"]) == 5 and all(len(runs) == 1 for runs in state["children"].values())
+    assert all(runs[0].info.status == "FINISHED" for runs in state["children"].values())  # none left RUNNING
+    for trial_id in before:  # not trained again after the kill
+        written = [p.stat().st_mtime for p in (tmp_path / "ray_results" / STUDY / "train_runs" / f"trial_{trial_id}").rglob("*")]
+        assert written and max(written) < killed_at
