@@ -582,7 +582,7 @@ def _resolution(analysis: _Analysis, confidence: float, target: float) -> list[s
         what = "resolved" if d.excludes_zero else "unresolved"
         line = (f"  ratio {a:.3g} - ratio {b:.3g}: {d.diff:+.3f} ± {d.halfwidth:.3f} ({what}; "
                 f"{'paired over ' + str(d.n) + ' seeds' if d.paired else 'unpaired'})")
-        if not d.excludes_zero:
+        if not d.excludes_zero and d.halfwidth > target:
             need = seeds_needed(d.sd_train, d.se_test, target, confidence)
             line += (f"; ± {target:g} would take ~{need} paired seeds" if need is not None else
                      f"; ± {target:g} is out of reach of seeds (test-set noise alone is ± {1.96 * d.se_test:.3f})")
