@@ -225,3 +225,21 @@ def test_the_known_metrics_are_what_a_real_trial_reports(tiny_config):
     reported = set(run_local(config)[-1])
     evaluation = {n for n in reported if n.startswith(("map", "recall", "bias/"))}
     assert evaluation <= set(known_metrics(10)) <= reported
+
+
+RACED = ("search: {seeds: {min: 2, max: 6, target_halfwidth: 0.02, max_trials: 8}, num_samples: 3}\n"
+         "params: {ratio: {type: uniform, low: 0, high: 1}}\n")
+
+
+@pytest.mark.parametrize("space_text, flags, expected", [
+    (RACED, ["--scheduler", "asha"], "--scheduler asha with raced seeds (space 's'): early stopping would race the "
+     "seeds on cut-short trials; use the default fifo scheduler"),
+    (RACED, ["--num-samples", "5"], "search.seeds.max_trials=8 is below min=2 seeds x 5 candidates = 10 (--num-samples 5)"),
+    (RACED.replace("min: 2, max: 6", "min: 7, max: 6"), [], "search.seeds: min=7 > max=6"),
+    (RACED.replace("target_halfwidth: 0.02", "target_halfwidth: 0"), [], "search.seeds.target_halfwidth=0: must be a positive number"),
+    (RACED.replace("max_trials: 8", "max_trials: 5"), [], "search.seeds.max_trials=5 is below min=2 seeds x 3 candidates = 6"),
+], ids=["asha", "budget-below-min-with-num-samples", "min-above-max", "target-zero", "budget-below-min"])
+def test_raced_seeds_that_cannot_work_are_one_line(here, capsys, space_text, flags, expected):
+    (here / "s.yaml").write_text(space_text)
+    line = run_cli(capsys, here, ["--space", "s.yaml", *flags])
+    assert line.startswith("error: ") and line.endswith(expected), line

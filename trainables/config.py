@@ -80,9 +80,9 @@ class TrialConfig:
     train_languages: tuple[str, ...] = LANGUAGES
     missing_caption_policy: str = "redraw"
     # --- optimisation ------------------------------------------------------
-    # The default point (benchmarks/time_to_quality.py, "default-500"): 5 x 100 steps of batch 64 at
-    # lr 1e-3 after 100 warm-up steps, sized so that the 9-trial default study fits ~10 minutes on
-    # 2 cores; 800 steps reach more (~0.25 multilingual mAP@100) but take the study to ~14 minutes.
+    # The default point: 5 x 100 steps of batch 64 at lr 1e-3 after 100 warm-up steps, temperature
+    # 0.07. Among the recipes measured by benchmarks/noise.py that learn, it resolves the ratio's
+    # effect most precisely per minute of a 10-minute study on 2 cores (benchmarks/README.md §9).
     batch_size: int = 64
     epochs: int = 5
     steps_per_epoch: Optional[int] = 100  # None: one pass over the train split
