@@ -409,7 +409,8 @@ class Difference:
     paired: True when judged over the seeds both ratios share (``n`` pairs; the per-seed
     differences give the training noise, df = n - 1); False for the unpaired fallback (Welch:
     var_a/n_a + var_b/n_b, Welch-Satterthwaite df; ``n`` = n_a + n_b). sd_train: the sd of the
-    per-seed differences (paired) or sqrt(var_a + var_b) (unpaired), NaN without a spread;
+    per-seed differences (paired) or sqrt(var_a + var_b) (unpaired; a side with one seed
+    borrows the other's variance), NaN without a spread;
     se_test: the image bootstrap's standard error of the difference.
     """
 
@@ -427,16 +428,26 @@ class Difference:
 
     @property
     def excludes_zero(self) -> bool:
-        return not self.low <= 0.0 <= self.high
+        return self.low > 0.0 or self.high < 0.0  # a NaN interval excludes nothing
+
+
+def _by_seed(values: np.ndarray, seeds: np.ndarray, boot: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One value per distinct seed: trials of the same ratio and seed (a repeated grid point, a
+    ratio proposed twice) are the same training run up to what the ratio leaves equal, so they are
+    averaged, not counted as independent seeds. Returns (values [k], seeds [k], boot rows [k, R])."""
+    unique = np.unique(seeds)
+    if len(unique) == len(seeds):
+        return values, seeds, boot
+    pick = [seeds == s for s in unique]
+    return (np.array([values[m].mean() for m in pick]), unique, np.stack([boot[m].mean(axis=0) for m in pick]))
 
 
 def _difference(analysis: _Analysis, ratio_a: float, ratio_b: float, setting: str, family: str,
                 confidence: float) -> Difference:
-    values_a, seeds_a, boot_a = analysis.cell(setting, family, ratio_a)
-    values_b, seeds_b, boot_b = analysis.cell(setting, family, ratio_b)
+    values_a, seeds_a, boot_a = _by_seed(*analysis.cell(setting, family, ratio_a))
+    values_b, seeds_b, boot_b = _by_seed(*analysis.cell(setting, family, ratio_b))
     shared = sorted(set(seeds_a.tolist()) & set(seeds_b.tolist()))
-    unique = len(set(seeds_a.tolist())) == len(seeds_a) and len(set(seeds_b.tolist())) == len(seeds_b)
-    if unique and len(shared) >= 2:
+    if len(shared) >= 2:
         # blocked by seed: a seed fixes the initial weights, image order and composition draws at every
         # ratio, so what the two trials of one seed share cancels in their difference
         ia = [int(np.flatnonzero(seeds_a == s)[0]) for s in shared]
@@ -447,16 +458,25 @@ def _difference(analysis: _Analysis, ratio_a: float, ratio_b: float, setting: st
         low, high = _interval(center, se_test, var_d / n, n - 1, confidence)
         return Difference(center, low, high, True, n, math.sqrt(var_d), se_test)
     center = float(np.mean(values_a) - np.mean(values_b))
-    parts = [(float(np.var(v, ddof=1)) / len(v), len(v)) for v in (values_a, values_b) if len(v) >= 2]
-    var_train = sum(p for p, _ in parts)
-    # Welch-Satterthwaite degrees of freedom; no seed spread to estimate (one seed each): test-set noise
-    # alone with the normal quantile, as answer_rows
-    df = (var_train ** 2 / sum(p ** 2 / (k - 1) for p, k in parts) if var_train > 0 else
-          sum(k - 1 for _, k in parts)) if parts else None
+    n_a, n_b = len(values_a), len(values_b)
+    var_a = float(np.var(values_a, ddof=1)) if n_a >= 2 else None
+    var_b = float(np.var(values_b, ddof=1)) if n_b >= 2 else None
+    if var_a is not None and var_b is not None:  # Welch, with the Welch-Satterthwaite df
+        parts = (var_a / n_a, var_b / n_b)
+        var_train = sum(parts)
+        df = var_train ** 2 / (parts[0] ** 2 / (n_a - 1) + parts[1] ** 2 / (n_b - 1)) if var_train > 0 else n_a + n_b - 2
+    elif var_a is not None or var_b is not None:
+        # one side has a single seed: its training noise is not zero but unknown, so the other side's
+        # seed variance stands in for it (var * (1 + 1/n), df = n - 1)
+        var, n = (var_a, n_a) if var_a is not None else (var_b, n_b)
+        var_train, df = var * (1 + 1 / n), n - 1
+    else:  # one seed each: no training-noise estimate, test-set noise alone (normal), as answer_rows
+        var_train, df = 0.0, None
     se_test = _se(boot_a.mean(axis=0) - boot_b.mean(axis=0))
     low, high = _interval(center, se_test, var_train, df, confidence)
-    sd = math.sqrt(sum(float(np.var(v, ddof=1)) for v in (values_a, values_b) if len(v) >= 2)) if parts else math.nan
-    return Difference(center, low, high, False, len(values_a) + len(values_b), sd, se_test)
+    known = [v for v in (var_a, var_b) if v is not None]  # a single-seed side borrows the other's variance
+    sd = math.sqrt(known[0] + known[-1]) if known else math.nan
+    return Difference(center, low, high, False, n_a + n_b, sd, se_test)
 
 
 def paired_difference(
@@ -465,11 +485,12 @@ def paired_difference(
 ) -> tuple[float, float, float]:
     """(diff, ci_low, ci_high) of mean(setting, family) at ``ratio_a`` minus at ``ratio_b``.
 
-    Paired where the two ratios share >= 2 seeds: the difference is the mean over those seeds
-    of the per-seed differences, whose spread is the training noise (t at df = pairs - 1).
-    Otherwise unpaired (Welch: var_a/n_a + var_b/n_b, Welch-Satterthwaite df; a ratio with
-    one seed adds no variance, and with one seed each the normal quantile covers test-set
-    noise alone, as in answer_rows). Test-set noise: the bootstrap of the difference under the
+    Trials of one ratio with the same seed are averaged first. Paired where the two ratios share
+    >= 2 seeds: the difference is the mean over those seeds of the per-seed differences, whose
+    spread is the training noise (t at df = pairs - 1). Otherwise unpaired: Welch (var_a/n_a +
+    var_b/n_b, Welch-Satterthwaite df); when one ratio has a single seed, the other's seed
+    variance stands in for its unknown one (var (1 + 1/n), df = n - 1); with one seed each, the
+    normal quantile covers test-set noise alone (as in answer_rows). Test-set noise: the bootstrap of the difference under the
     same image resamples for both ratios. Raises KeyError when either ratio has no value.
     """
     d = _difference(_analyse(trials, n_resamples, seed), ratio_a, ratio_b, setting, family, confidence)
@@ -585,7 +606,8 @@ def _resolution(analysis: _Analysis, confidence: float, target: float) -> list[s
         if not d.excludes_zero and d.halfwidth > target:
             need = seeds_needed(d.sd_train, d.se_test, target, confidence)
             line += (f"; ± {target:g} would take ~{need} paired seeds" if need is not None else
-                     f"; ± {target:g} is out of reach of seeds (test-set noise alone is ± {1.96 * d.se_test:.3f})")
+                     f"; ± {target:g} is out of reach of seeds (test-set noise alone is "
+                     f"± {stats.norm.ppf(0.5 + confidence / 2) * d.se_test:.3f})")
         lines.append(line)
     pct = f"{100 * confidence:g}%"
     return [f"Resolution on the objective ({pct} half-widths: the smallest difference each comparison could resolve):",

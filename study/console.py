@@ -128,17 +128,19 @@ def summarize(
     title: str = "",
     extra_params: Sequence[str] = (),
     queries: Sequence = (),
+    target_halfwidth: float = 0.02,
 ) -> Summary:
     """Table, best config (or Pareto front), failures; write CSV, figure(s) and best config.
 
     ``queries``: the completed trials' per-query AP arrays (:class:`study.answer.TrialQueries`);
     with them the answer (per family and setting, with intervals: :mod:`study.answer`) is
-    printed and saved as ``answer.csv``, ``answer.md`` and the figure.
+    printed and saved as ``answer.csv``, ``answer.md`` and the figure; ``target_halfwidth`` is the
+    half-width whose seed count the answer estimates for each unresolved comparison.
     """
     metric, mode = objectives[0]["metric"], objectives[0]["mode"]
     headers, rows = table(records, extra_params)
     parts = [format_table(headers, rows) if rows else "(no trials)"]
-    answer = _answer(queries) if queries else None
+    answer = _answer(queries, target_halfwidth) if queries else None
     if answer is not None:
         parts.append(answer["text"])
     best = best_record(records, metric, mode)
@@ -172,12 +174,12 @@ def _front_text(front: Sequence[TrialRecord], objectives: Sequence[dict]) -> str
     return "\n".join(lines)
 
 
-def _answer(queries: Sequence) -> dict:
+def _answer(queries: Sequence, target_halfwidth: float = 0.02) -> dict:
     """The answer rows, best ratios, ends sentence, resolution and hypotheses, and their markdown
     (:mod:`study.answer`)."""
     from study import answer as ans
 
-    found = ans.study_answer(queries)
+    found = ans.study_answer(queries, target=target_halfwidth)
     rows, best, sentence = found.rows, found.best, found.sentence
     notes = [*found.resolution, *found.hypotheses]
     markdown = ans.answer_markdown(rows, best, sentence, notes)
@@ -234,7 +236,7 @@ def plan_text(state: "StudyState", space: "SearchSpace") -> str:
     at_once = f"up to {state.max_concurrent}" if state.max_concurrent else "as many as fit"
     gpu = f" + {state.gpus_per_worker:g} GPU" if state.gpus_per_worker else ""
     data = f"train={state.base_config.get('train_data')}, eval={state.base_config.get('eval_data')}"
-    seeds = f" ({len(space.seeds)} seeds per proposal: {', '.join(map(str, space.seeds))})" if space.seeds else ""
+    seeds = f" ({len(space.seeds)} seeds per candidate: {', '.join(map(str, space.seeds))})" if space.seeds else ""
     if space.seed_min:
         seeds = (f" at most ({space.seed_min} seeds per candidate, then up to {len(space.seeds)}, raced: the least "
                  f"precise comparison first, target half-width {space.target_halfwidth:g}"

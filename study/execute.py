@@ -151,8 +151,10 @@ def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, sec
     interrupted = cut_short or any(r.status == UNFINISHED for r in records)
     title = f"{state.name}: mAP@100 per family vs ratio"
     queries = trial_queries(client, state.experiment_id, state.parent_run_id, records)
-    summary = console.summarize(records, state.objectives, Path(state.output_dir), title, space.param_names, queries)
-    console.say(f"\nTrials of study {state.name} ({len(records)}/{state.num_trials}, {seconds:.0f} s):\n")
+    summary = console.summarize(records, state.objectives, Path(state.output_dir), title, space.param_names, queries,
+                                target_halfwidth=space.target_halfwidth or 0.02)
+    planned = f"at most {state.num_trials}" if race is not None else str(state.num_trials)
+    console.say(f"\nTrials of study {state.name} ({len(records)}/{planned}, {seconds:.0f} s):\n")
     if race is not None:
         console.say(f"Seeds: {race.summary()}\n")
     console.say(summary.text)

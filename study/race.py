@@ -20,7 +20,8 @@ candidates are therefore judged *paired*, seed by seed.
    ``n`` seeds both candidates have finished, projected to the seeds already scheduled. The
    widest comparison still above ``target_halfwidth`` gets the next seed (once every one is
    within it, the widest), on its side with fewer seeds (on a tie, the side with the larger seed
-   spread). A pair whose spread is not known yet waits for its running seeds.
+   spread). While trials run, a pair whose spread is not known yet gets no seed. A candidate
+   that has failed ``min_seeds`` times gets no more.
 3. **It stops** when the budget is spent: ``max_trials`` trials, or ``max_minutes`` of
    wall-clock (no trial is started that the median trial duration says would end after it), or
    every candidate has ``len(seeds)`` seeds.
@@ -140,11 +141,18 @@ class SeedRace:
             if math.isinf(comp.halfwidth) and pending:
                 continue  # no spread known yet for this pair: its running seeds will tell
             side = self._side(comp)
-            if side is not None:
-                return self._budgeted(("seed", side, self._next_seed(side)))
+            if side is None:
+                continue
+            other = comp.b if side == comp.a else comp.a
+            if self._next_seed(other) is None and self._next_seed(side) not in self._live_seeds(other):
+                continue  # the other side can take no more seeds: this one could never be paired
+            return self._budgeted(("seed", side, self._next_seed(side)))
         if pending:  # the scheduled seeds may still change the picture
             return ("wait",)
-        return self._finish(f"every candidate has its {len(self.plan.seeds)} seeds")
+        if all(self._next_seed(i) is None and len(self._live_seeds(i)) == len(self.plan.seeds)
+               for i in range(len(self.candidates))):
+            return self._finish(f"every candidate has its {len(self.plan.seeds)} seeds")
+        return self._finish("no comparison can take another paired seed")
 
     def _side(self, comp: Comparison) -> Optional[int]:
         """The candidate of ``comp`` that takes the next seed, or None when both have every seed."""
@@ -189,17 +197,28 @@ class SeedRace:
         """How many of ``cand``'s trials finished with a value."""
         return len(self.values(cand))
 
-    def min_seeds_done(self, cand: int) -> bool:
-        """Whether ``cand``'s first ``min_seeds`` trials are all over (finished or failed)."""
-        mine = [t for t in self.trials.values() if t["cand"] == cand]
-        return len(mine) >= self.plan.min_seeds and all(t["status"] != PENDING for t in mine[: self.plan.min_seeds])
+    def _live_seeds(self, cand: int) -> set:
+        return {t["seed"] for t in self.trials.values() if t["cand"] == cand and t["status"] != FAILED}
 
     def _planned(self, cand: int) -> int:
         return sum(1 for t in self.trials.values() if t["cand"] == cand and t["status"] != FAILED)
 
     def _next_seed(self, cand: int) -> Optional[int]:
-        used = {t["seed"] for t in self.trials.values() if t["cand"] == cand}
+        """The candidate's next seed; None when it has every seed, or has failed ``min_seeds`` times
+        (a setting that keeps failing gets no more of the budget)."""
+        mine = [t for t in self.trials.values() if t["cand"] == cand]
+        if sum(t["status"] == FAILED for t in mine) >= self.plan.min_seeds:
+            return None
+        used = {t["seed"] for t in mine}
         return next((s for s in self.plan.seeds if s not in used), None)
+
+    def told(self, cand: int) -> bool:
+        """Whether ``cand``'s first ``min_seeds`` are settled: that many finished with a value, or no
+        seed left to try (what a proposal's searcher is told, once)."""
+        mine = [t for t in self.trials.values() if t["cand"] == cand]
+        done = sum(t["status"] == DONE for t in mine)
+        pending = any(t["status"] == PENDING for t in mine)
+        return done >= self.plan.min_seeds or (not pending and self._next_seed(cand) is None)
 
     def _spread(self, cand: int) -> float:
         values = list(self.values(cand).values())
@@ -243,8 +262,8 @@ class SeedRace:
         shared = [s for s in self.plan.seeds if s in va and s in vb]
         d = np.array([va[s] - vb[s] for s in shared])
         n = len(shared)
-        if projected:
-            n = min(self._planned(a), self._planned(b))
+        if projected:  # the seeds both will have once the scheduled ones are in
+            n = len(self._live_seeds(a) & self._live_seeds(b))
         if len(shared) < 2:
             return Comparison(a, b, len(shared), float(d.mean()) if len(d) else math.nan, math.inf, math.inf)
         sd = float(np.std(d, ddof=1))

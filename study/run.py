@@ -323,6 +323,9 @@ def _checked_search(space: SearchSpace, args: argparse.Namespace) -> SearchSpace
     if args.scheduler == "asha" and space.seed_min:
         raise StudyError(f"--scheduler asha with raced seeds (space {space.name!r}): early stopping would race "
                          "the seeds on cut-short trials; use the default fifo scheduler")
+    if space.algorithm == "grid" and space.seeds and args.num_samples not in (None, 1):
+        raise StudyError(f"--num-samples {args.num_samples}: a grid with search.seeds (space {space.name!r}) runs each "
+                         "point once per seed; leave --num-samples out")
     try:
         space.check_seed_budget(args.num_samples)
     except SpaceError as err:

@@ -137,7 +137,7 @@ class SearchSpace:
     initial_points: tuple = ()
     seeds: tuple = ()  # every candidate takes these seeds in order (study.race)
     seed_min: int = 0  # seeds every candidate gets first (0: all of them, equal allocation)
-    target_halfwidth: float | None = None  # raced seeds: stop once every comparison is this precise
+    target_halfwidth: float | None = None  # raced seeds: the precision the allocation aims at (a goal, not a stop)
     max_trials: int | None = None  # raced seeds: the trial budget
     max_minutes: float | None = None  # raced seeds: the wall-clock budget
     raw: dict = field(default_factory=dict, compare=False, repr=False)

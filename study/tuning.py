@@ -133,15 +133,16 @@ class SeedSearcher(Searcher):
         self._write_report()
         if cand is None or self.inner is None:
             return
-        proposal = self.race.candidates[cand]["proposal"]
-        mine = [t for t in self.race.trials.values() if t["cand"] == cand]
-        if proposal is None or len(mine) != self.race.plan.min_seeds or not self.race.min_seeds_done(cand):
-            return  # Optuna is told once, when the proposal's first min_seeds are over
-        values = [t["value"] for t in mine if t["value"] is not None]
+        candidate = self.race.candidates[cand]
+        if candidate["proposal"] is None or candidate.get("told") or not self.race.told(cand):
+            return  # Optuna is told once, when the proposal's first min_seeds values are in
+        candidate["told"] = True
+        values = list(self.race.values(cand).values())[: self.race.plan.min_seeds]
         if values:
-            self.inner.on_trial_complete(proposal, result={self.metric: float(np.mean(values))})
+            self.inner.on_trial_complete(candidate["proposal"], result={self.metric: float(np.mean(values))})
         else:
-            self.inner.on_trial_complete(proposal, result=None, error=True)
+            self.inner.on_trial_complete(candidate["proposal"], result=None, error=True)
+        self._write_report()
 
     def save(self, checkpoint_path: str) -> None:  # noqa: D102 - see Searcher
         blob = None

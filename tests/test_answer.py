@@ -254,3 +254,65 @@ def test_plausible_optimum_set_covers_the_true_optimum():
     assert np.mean(np.array(sizes) == len(GRID)) < 0.25
     assert np.mean(np.array(sizes) == 1) < 0.9
     assert wrong_best >= 0.1 * len(covered)  # the truth is often not the observed best: the sets do the work
+
+
+# ---------------------------------------------------------------------------
+# Paired and unpaired differences, resolution, hypotheses
+# ---------------------------------------------------------------------------
+def _trials(values: dict) -> list:
+    """TrialQueries whose every AP is its value (no test-set spread): {(ratio, seed): value}."""
+    return [TrialQueries(f"r{r}-s{s}", r, s, tiny_arrays(shift=v)) for (r, s), v in values.items()]
+
+
+def test_a_shared_seed_is_paired_and_a_duplicate_is_averaged():
+    from study.answer import _analyse, _difference
+
+    # ratio 1 is ratio 0 + 0.01 on every seed, with a large seed effect: paired, the difference is exact
+    seed_effect = {0: 0.0, 1: 0.2, 2: -0.1}
+    values = {(0.0, s): e for s, e in seed_effect.items()} | {(1.0, s): e + 0.01 for s, e in seed_effect.items()}
+    d = _difference(_analyse(_trials(values), 50, 0), 1.0, 0.0, "multilingual", "i2t+t2t", 0.95)
+    assert d.paired and d.n == 3 and d.diff == pytest.approx(0.01, abs=1e-6) and d.halfwidth < 1e-6
+    trials = _trials(values) + [TrialQueries("dup", 1.0, 0, tiny_arrays(shift=0.01))]  # seed 0 twice at ratio 1
+    d = _difference(_analyse(trials, 50, 0), 1.0, 0.0, "multilingual", "i2t+t2t", 0.95)
+    assert d.paired and d.n == 3 and d.diff == pytest.approx(0.01, abs=1e-6)
+
+
+def test_a_single_seed_borrows_the_other_sides_spread():
+    from study.answer import _analyse, _difference
+
+    values = {(0.0, 0): 0.0, (0.0, 1): 0.1, (0.0, 2): 0.2, (1.0, 7): 0.1}  # no shared seed
+    d = _difference(_analyse(_trials(values), 50, 0), 1.0, 0.0, "multilingual", "i2t+t2t", 0.95)
+    assert not d.paired and d.diff == pytest.approx(0.0, abs=1e-6)
+    # var 0.01 * (1 + 1/3), t at 2 df
+    assert d.halfwidth == pytest.approx(4.302653 * (0.01 * 4 / 3) ** 0.5, rel=1e-4)
+
+
+def test_seeds_needed_follows_the_t_interval_and_knows_when_seeds_cannot_help():
+    from scipy import stats
+
+    from study.answer import seeds_needed
+
+    n = seeds_needed(0.03, 0.0, 0.02)
+    assert stats.t.ppf(0.975, n - 1) * 0.03 / n ** 0.5 <= 0.02 < stats.t.ppf(0.975, n - 2) * 0.03 / (n - 1) ** 0.5
+    assert seeds_needed(0.03, 0.011, 0.02) is None  # 1.96 x 0.011 > 0.02: the test set alone is wider
+
+
+def test_the_hypotheses_read_supported_contradicted_or_not_testable():
+    from study.answer import _analyse, _hypotheses
+
+    def lines(levels):
+        values = {(r, s): v + 0.001 * s for r, v in levels.items() for s in range(3)}
+        return _hypotheses(_analyse(_trials(values), 50, 0), 0.95)
+
+    supported = lines({0.0: 0.1, 0.5: 0.2, 1.0: 0.1})
+    assert "(a) hybrid beats both ends on the objective: supported" in supported[1]
+    contradicted = lines({0.0: 0.3, 0.5: 0.2, 1.0: 0.1})
+    assert "(a) hybrid beats both ends on the objective: contradicted" in contradicted[1]
+    untestable = lines({0.0: 0.3, 0.5: 0.2})
+    assert "not testable (ratio 1 was not tried)" in untestable[1]
+
+
+def test_a_nan_interval_excludes_nothing():
+    from study.answer import Difference
+
+    assert not Difference(float("nan"), float("nan"), float("nan"), True, 2, 0.0, 0.0).excludes_zero

@@ -110,6 +110,47 @@ def test_failed_seeds_are_replaced_by_the_next_seed():
     assert r.next_action() == ("seed", 0, 2)  # seed 0 failed: min seeds still needs two values
 
 
+def test_a_candidate_that_keeps_failing_stops_taking_the_budget():
+    r = race(max_seeds=10, max_trials=16)
+    add_ratios(r)
+    rng = np.random.default_rng(5)
+    reason = run(r, lambda c, s: float("nan") if c == 2 else rng.normal(0.15, 0.01))
+    failing = [t for t in r.trials.values() if t["cand"] == 2]
+    assert len(failing) == 2  # min_seeds failures, then no more
+    assert abs(r.seeds_done(0) - r.seeds_done(1)) <= 1  # the budget went to the comparison that can be paired
+    assert "budget of 16 trials" in reason
+
+
+def test_optuna_is_told_once_even_when_a_first_seed_fails():
+    searcher = SeedSearcher(race(n_candidates=2, target=0.02, max_seeds=6), "m", "max", inner=_ToldRecorder())
+    searcher.set_search_properties("m", "max", {})
+    a, b = searcher.suggest("a"), searcher.suggest("b")  # proposal p0, seeds 0 and 1
+    searcher.on_trial_complete("a", None, error=True)
+    c = searcher.suggest("c")  # seed 0 failed: seed 2 replaces it
+    assert (a["seed"], b["seed"], c["seed"]) == (0, 1, 2)
+    searcher.on_trial_complete("b", {"m": 0.2})
+    assert searcher.inner.told == []
+    searcher.on_trial_complete("c", {"m": 0.4})
+    assert searcher.inner.told == [("a", pytest.approx(0.3))]
+
+
+class _ToldRecorder:
+    """An inner searcher that proposes ratio 0.1, 0.2, ... and records what it is told."""
+
+    def __init__(self):
+        self.told, self.proposed = [], 0
+
+    def set_search_properties(self, *args, **kwargs):
+        return True
+
+    def suggest(self, trial_id):
+        self.proposed += 1
+        return {"ratio": self.proposed / 10}
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.told.append((trial_id, None if error else result["m"]))
+
+
 def test_a_restored_race_continues_exactly_where_it_stopped():
     rng = np.random.default_rng(1)
     values = {(c, s): rng.normal(0.15, 0.01 * (c + 1)) for c in range(3) for s in range(12)}
@@ -151,12 +192,17 @@ def test_grid_candidates_race_through_the_searcher_and_resume(tmp_path):
     searcher.save(str(path))
     restored = SeedSearcher(race(target=0.02, max_seeds=6), "m", "max", grid=grid)
     restored.restore(str(path))
+    assert restored.race.trials["t5"]["status"] == "pending"  # the running trial is known after the restore
     restored.on_trial_complete("t5", {"m": 0.11})
+    assert restored.race.values(2)[1] == 0.11
     n = 6
     while (config := restored.suggest(f"t{n}")) not in (None, Searcher.FINISHED):
         restored.on_trial_complete(f"t{n}", {"m": values[config["ratio"]] + 0.003 * config["seed"] * (1 + config["ratio"])})
         n += 1
     assert config == Searcher.FINISHED and "every candidate has its 6 seeds" in restored.race.stop_reason
+    assert n == 18  # 12 trials after the restore, not the 18 of a fresh race
+    pairs = [(restored.race.candidates[t["cand"]]["ratio"], t["seed"]) for t in restored.race.trials.values()]
+    assert len(pairs) == len(set(pairs)) == 18
     assert (tmp_path / "race.json").exists()  # written by the first searcher as it ran
 
 
