@@ -522,7 +522,7 @@ def test_a_failed_trial_is_recorded_and_reported_with_its_reason(scenario):
 
 
 # Raced seeds (study.race) on a grid: 2 seeds per ratio first, then one more to the less precise side,
-# 5 trials in all. The driver is killed after 2 completed trials, and --resume continues the race.
+# 5 trials in all, 2 at a time. The driver is killed after 2 completed trials, and --resume continues the race.
 RACE_SPACE = """
 search:
   algorithm: grid
@@ -536,10 +536,10 @@ params:
 def test_a_killed_raced_study_resumes_its_allocation(tmp_path):
     (tmp_path / "space.yaml").write_text(RACE_SPACE)
     first = start_study(tmp_path, tmp_path / "a.log", "--space", "space.yaml", "--name", STUDY,
-                        "--max-concurrent", "1", "--num-cpus", "2")
+                        "--max-concurrent", "2", "--num-cpus", "2")
     before = wait_completed(first, tmp_path, tmp_path / "a.log", 2)
     killed_at = time.time()
-    kill_session(first)
+    kill_session(first, grace_s=3)  # what is left of its Ray cluster after 3 s is killed too
     second = start_study(tmp_path, tmp_path / "b.log", "--resume", "--name", STUDY)
     second.wait(timeout=STUDY_TIMEOUT_S)
     output = (tmp_path / "b.log").read_text()
