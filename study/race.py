@@ -46,7 +46,9 @@ study continues its allocation where it stopped. :mod:`study.tuning` runs it in 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -114,8 +116,8 @@ class SeedRace:
         if self.stop_reason is not None:
             return ("finished", self.stop_reason)
         for i in range(len(self.candidates)):  # 1. every candidate's first min_seeds
-            if self._planned(i) < self.plan.min_seeds and self._next_seed(i) is not None:
-                return self._budgeted(("seed", i, self._next_seed(i)))
+            if self._planned(i) < self.plan.min_seeds and self.next_seed(i) is not None:
+                return self._budgeted(("seed", i, self.next_seed(i)))
         if len(self.candidates) < self.n_candidates:
             return self._budgeted(("propose",))
         return self._race()
@@ -144,19 +146,19 @@ class SeedRace:
             if side is None:
                 continue
             other = comp.b if side == comp.a else comp.a
-            if self._next_seed(other) is None and self._next_seed(side) not in self._live_seeds(other):
+            if self.next_seed(other) is None and self.next_seed(side) not in self._live_seeds(other):
                 continue  # the other side can take no more seeds: this one could never be paired
-            return self._budgeted(("seed", side, self._next_seed(side)))
+            return self._budgeted(("seed", side, self.next_seed(side)))
         if pending:  # the scheduled seeds may still change the picture
             return ("wait",)
-        if all(self._next_seed(i) is None and len(self._live_seeds(i)) == len(self.plan.seeds)
+        if all(self.next_seed(i) is None and len(self._live_seeds(i)) == len(self.plan.seeds)
                for i in range(len(self.candidates))):
             return self._finish(f"every candidate has its {len(self.plan.seeds)} seeds")
         return self._finish("no comparison can take another paired seed")
 
     def _side(self, comp: Comparison) -> Optional[int]:
         """The candidate of ``comp`` that takes the next seed, or None when both have every seed."""
-        sides = [i for i in (comp.a, comp.b) if self._next_seed(i) is not None]
+        sides = [i for i in (comp.a, comp.b) if self.next_seed(i) is not None]
         if not sides:
             return None
         return min(sides, key=lambda i: (self._planned(i), -self._spread(i)))
@@ -203,7 +205,7 @@ class SeedRace:
     def _planned(self, cand: int) -> int:
         return sum(1 for t in self.trials.values() if t["cand"] == cand and t["status"] != FAILED)
 
-    def _next_seed(self, cand: int) -> Optional[int]:
+    def next_seed(self, cand: int) -> Optional[int]:
         """The candidate's next seed; None when it has every seed, or has failed ``min_seeds`` times
         (a setting that keeps failing gets no more of the budget)."""
         mine = [t for t in self.trials.values() if t["cand"] == cand]
@@ -218,7 +220,7 @@ class SeedRace:
         mine = [t for t in self.trials.values() if t["cand"] == cand]
         done = sum(t["status"] == DONE for t in mine)
         pending = any(t["status"] == PENDING for t in mine)
-        return done >= self.plan.min_seeds or (not pending and self._next_seed(cand) is None)
+        return done >= self.plan.min_seeds or (not pending and self.next_seed(cand) is None)
 
     def _spread(self, cand: int) -> float:
         values = list(self.values(cand).values())
@@ -293,3 +295,23 @@ class SeedRace:
             parts.append(f"{label}: {self.seeds_done(i)}")
         why = f"; stopped: {self.stop_reason}" if self.stop_reason else ""
         return f"seeds per candidate ({', '.join(parts)}){why}"
+
+
+RACE_REPORT = "seed_race.json"
+
+
+def write_race_report(path: str, race: SeedRace) -> None:
+    """Write ``race``'s state to ``path`` (JSON, replaced atomically)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(race.state(), f)
+    os.replace(tmp, path)
+
+
+def read_race_report(path: str) -> Optional[SeedRace]:
+    """The race written by :func:`write_race_report`, or None when the study has none."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return SeedRace.from_state(json.load(f))

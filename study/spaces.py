@@ -163,10 +163,6 @@ class SearchSpace:
             points = [{param.name: v, **pt} for v in param.values for pt in points]
         return points
 
-    def candidate_points(self) -> list[dict]:
-        """A grid space with ``search.seeds``: its points, each a candidate that takes the seeds."""
-        return self.grid_points()
-
     def num_candidates(self, num_samples: int | None = None) -> int:
         """Proposals (Optuna) or grid points x repeats (grid)."""
         repeats = num_samples or self.num_samples

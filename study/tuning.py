@@ -24,7 +24,7 @@ import numpy as np
 from ray.tune.search import Searcher
 
 from study.cluster import Capacity, driver_resources
-from study.race import SeedRace
+from study.race import RACE_REPORT, SeedRace, write_race_report
 from study.spaces import SearchSpace
 from study.state import StudyState, join
 from study.trial import TrialContext, run_trial
@@ -117,7 +117,7 @@ class SeedSearcher(Searcher):
                 if config is None or config == Searcher.FINISHED:
                     return config
                 cand = self.race.add_candidate(config, proposal=trial_id)
-            action = ("seed", cand, self.race._next_seed(cand))
+            action = ("seed", cand, self.race.next_seed(cand))
         if action[0] == "wait":
             return None
         if action[0] == "finished":
@@ -169,30 +169,9 @@ class SeedSearcher(Searcher):
         self.grid = state.get("grid", self.grid)
 
 
-RACE_REPORT = "seed_race.json"
-
-
-def write_race_report(path: str, race: SeedRace) -> None:
-    """Write ``race``'s state to ``path`` (JSON, replaced atomically)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(race.state(), f)
-    os.replace(tmp, path)
-
-
-def read_race_report(path: str) -> Optional[SeedRace]:
-    """The race written by :func:`write_race_report`, or None when the study has none."""
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return SeedRace.from_state(json.load(f))
-
-
 def seed_race(space: SearchSpace, state: StudyState) -> SeedRace:
     """The study's :class:`SeedRace`: its seeds, candidates (proposals or grid points) and budget."""
-    n_candidates = len(space.candidate_points()) if space.algorithm == "grid" else state.num_samples
-    return SeedRace(plan=space.seed_plan(), n_candidates=n_candidates, mode=state.mode)
+    return SeedRace(plan=space.seed_plan(), n_candidates=space.num_candidates(state.num_samples), mode=state.mode)
 
 
 def build_searcher(space: SearchSpace, state: StudyState) -> Any:
@@ -207,7 +186,7 @@ def build_searcher(space: SearchSpace, state: StudyState) -> Any:
 
     searcher = _optuna_searcher(space, state) if space.algorithm == "optuna" else None
     if space.seeds:
-        grid = space.candidate_points() if space.algorithm == "grid" else ()
+        grid = space.grid_points() if space.algorithm == "grid" else ()
         searcher = SeedSearcher(seed_race(space, state), state.metric, state.mode, inner=searcher, grid=grid,
                                 report=os.path.join(state.output_dir, RACE_REPORT))
         searcher._write_report()  # a fresh study's race replaces any earlier file there
