@@ -323,6 +323,14 @@ class _Analysis:
     def metrics(self) -> list[tuple[str, str]]:
         return list(dict.fromkeys((s, f) for s, f, _ in sorted(self.seed_values, key=_sort_key)))
 
+    def best(self, setting: str, family: str, among: Optional[Sequence[float]] = None) -> tuple[float, float]:
+        """(ratio, mean) of the best seed-mean of (setting, family) among ``among`` (default: every
+        tried ratio): the highest, or the lowest for a lower-is-better setting."""
+        ratios = self.ratios(setting, family) if among is None else list(among)
+        means = [float(np.mean(self.seed_values[setting, family, _ratio_key(r)])) for r in ratios]
+        pick = int(np.argmin(means) if setting in LOWER_IS_BETTER else np.argmax(means))
+        return ratios[pick], means[pick]
+
 
 def _analyse(trials: Sequence[TrialQueries], n_resamples: int, seed: int) -> _Analysis:
     """Point values and the paired image bootstrap of every trial's value in every (setting, family)."""
@@ -501,11 +509,9 @@ def _best(analysis: _Analysis, confidence: float) -> list[dict]:
     out = []
     for setting, family in analysis.metrics():
         ratios = analysis.ratios(setting, family)
-        means = [float(np.mean(analysis.seed_values[setting, family, r])) for r in ratios]
-        pick = int(np.argmin(means) if setting in LOWER_IS_BETTER else np.argmax(means))
-        best = ratios[pick]
+        best, best_mean = analysis.best(setting, family)
         plausible = [r for r in ratios if r == best or not _difference(analysis, r, best, setting, family, confidence).excludes_zero]
-        out.append({"setting": setting, "family": family, "best_ratio": best, "best_mean": means[pick],
+        out.append({"setting": setting, "family": family, "best_ratio": best, "best_mean": best_mean,
                     "set_low": min(plausible), "set_high": max(plausible), "plausible": plausible})
     return out
 
@@ -593,8 +599,7 @@ def _resolution(analysis: _Analysis, confidence: float, target: float) -> list[s
     ratios = analysis.ratios(setting, family)
     if len(ratios) < 2:
         return []
-    means = {r: float(np.mean(analysis.seed_values[setting, family, r])) for r in ratios}
-    best = max(means, key=means.get)
+    best, _ = analysis.best(setting, family)
     pairs = [(1.0, 0.0)] if {0.0, 1.0} <= set(ratios) else []
     pairs += [(best, r) for r in ratios if r != best and {best, r} != {0.0, 1.0}]
     lines = []
@@ -635,8 +640,7 @@ def _hypotheses(analysis: _Analysis, confidence: float) -> list[str]:
         return [*lines, f"  (a) hybrid beats both ends on the objective: not testable ({why}).",
                 f"  (b) hybrid has less language bias than ratio 1: not testable ({why})."]
     level = 1 - (1 - confidence) / len(interior)
-    means = {r: float(np.mean(analysis.seed_values[setting, family, r])) for r in interior}
-    h = max(means, key=means.get)
+    h, _ = analysis.best(setting, family, among=interior)
     vs0, vs1 = (_difference(analysis, h, end, setting, family, level) for end in (0.0, 1.0))
     if vs0.low > 0 and vs1.low > 0:
         verdict = "supported"
@@ -648,8 +652,7 @@ def _hypotheses(analysis: _Analysis, confidence: float) -> list[str]:
                  f"{vs0.diff:+.3f} [{vs0.low:+.3f}, {vs0.high:+.3f}], minus ratio 1 {vs1.diff:+.3f} "
                  f"[{vs1.low:+.3f}, {vs1.high:+.3f}] ({100 * level:.3g}% intervals).")
     if ("bias", "all", 1.0) in analysis.seed_values and all(("bias", "all", r) in analysis.seed_values for r in interior):
-        bias = {r: float(np.mean(analysis.seed_values["bias", "all", r])) for r in interior}
-        b = min(bias, key=bias.get)
+        b, _ = analysis.best("bias", "all", among=interior)  # the least biased
         d = _difference(analysis, b, 1.0, "bias", "all", level)
         verdict = "supported" if d.high < 0 else "contradicted" if d.low > 0 else "unresolved"
         lines.append(f"  (b) hybrid has less language bias than ratio 1: {verdict}: least-biased hybrid ratio {b:.3g} "
