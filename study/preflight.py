@@ -1,6 +1,6 @@
 """What the study CLI checks before anything starts, beyond the trial config's own validation.
 
-The rule (README, "Reliability and bad input"): what the command line can check is checked
+The rule (docs/reliability.md, "Bad input, row by row"): what the command line can check is checked
 before Ray starts, as one ``error:`` line with exit code 2, and nothing is created (no
 storage folder, no MLflow run); what only a trial can see fails that trial with its reason.
 

@@ -4,7 +4,7 @@ Each row runs ``python -m study.run`` in-process WITHOUT ``--dry-run``, with Ray
 replaced by a failure: the exit code must be 2, stderr exactly one ``error:`` line (asserted
 whole, or its fixed start where it names many things), and nothing created: no storage
 folder, no MLflow database, no output folder. The XTD rows assert the very line the trial's
-loader would raise. Rows of the README's bad-input table that other tests already hold are
+loader would raise. Rows of the bad-input table (docs/reliability.md) that other tests already hold are
 not repeated (test_bad_input.py, test_study_cli.py); the two concurrency rows are in
 test_study_lock.py.
 """

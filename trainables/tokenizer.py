@@ -10,7 +10,7 @@ Two tokenizers feed the offline ``tiny`` model (``TrialConfig.tokenizer``):
 
 Why a corpus tokenizer: open_clip's BPE splits a Chinese caption of the synthetic data into
 ~60 byte tokens and an English one into ~14, so the tokenizer, not the batch composition,
-would decide which language family retrieves best (README, "Tokenizers").
+would decide which language family retrieves best (docs/tokenizer.md).
 
 The recipe of ``corpus``, and why:
 
