@@ -39,7 +39,7 @@ WORKER_PHASES = (
     ("trainables.train", "train_one_epoch", "training"),
     ("trainables.train", "evaluate", "evaluation"),
     ("trainables.train", "checkpoint_state", "checkpoints"),
-    ("trainables.session", "save_state", "checkpoints"),
+    ("trainables.session", "save_checkpoint", "checkpoints"),
 )
 # TrialRun methods (rank 0's MLflow child run), timed as "MLflow (worker)".
 TRIAL_RUN_METHODS = ("__init__", "log_epoch", "log_per_query", "finish")
@@ -138,7 +138,7 @@ class PhaseLoop:
 
         session = RaySession(payload["config"].use_gpu)
         report = session.report
-        session.report = recorder.timed("Ray report + checkpoint upload", report)  # save_state is timed inside
+        session.report = recorder.timed("Ray report + checkpoint upload", report)  # save_checkpoint is timed inside
         from trainables.train import train_worker
 
         train_worker(payload["config"], session, payload["tracking"])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from study.lock import FileLock, Held, describe, holder_record
+from study.lock import FileLock, Held, describe_holder, holder_record
 from trainables.driver import HEALTH_CHECK_INTERVAL_S
 
 DRIVER_RESOURCE = "mlclip_trial_driver"
@@ -119,7 +119,7 @@ def local_cluster_slot(study: str) -> Iterator[None]:
     except Held as held:
         other = (held.record or {}).get("study", "?")
         raise ClusterError(
-            f"another study ({other!r}, {describe(held.record)}) runs a local Ray cluster on this machine, and two "
+            f"another study ({other!r}, {describe_holder(held.record)}) runs a local Ray cluster on this machine, and two "
             f"local clusters break each other's Ray Train clean-up; wait for it to end, or run both on one cluster: "
             f"{one_cluster_command()}, then --address auto for each study"
         ) from None

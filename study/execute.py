@@ -27,7 +27,8 @@ from study.cluster import (
 from study.answer import trial_queries
 from study.results import FAILED, UNFINISHED, TrialRecord, records_from_results
 from study.spaces import SearchSpace
-from study.state import StudyState, describe, is_uri, save_state
+from study.state import StudyState, describe, save_state
+from study.storage import is_uri
 from study.race import RACE_REPORT, read_race_report, write_race_report
 from study.tuning import build_tuner, can_restore, restore_tuner
 from trainables.tracking import (

@@ -46,8 +46,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-LOCK_FILE = ".study.lock"
-LEASE_FILE = ".study.lease"
+from study.storage import LEASE_FILE, LOCK_FILE, filesystem, is_uri, join
+
 LEASE_TTL_S = 60.0
 LEASE_SETTLE_S = 2.0
 # flock is missing on some file systems (old NFS without lockd, some FUSE mounts): use the lease there.
@@ -105,7 +105,7 @@ def when(seconds: Optional[float]) -> str:
     return datetime.fromtimestamp(seconds).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z").strip()
 
 
-def describe(record: Optional[dict]) -> str:
+def describe_holder(record: Optional[dict]) -> str:
     """``process PID on HOST since T`` (or what is known of it)."""
     if not record or "pid" not in record:
         return "another process (starting up: its record is not written yet)"
@@ -116,7 +116,7 @@ class Held(LockError):
     """The lock is held; ``record`` is the holder's (None when unreadable), ``where`` the lock's path."""
 
     def __init__(self, record: Optional[dict], where: str):
-        super().__init__(f"held by {describe(record)} ({where})")
+        super().__init__(f"held by {describe_holder(record)} ({where})")
         self.record, self.where = record, where
 
 
@@ -288,7 +288,7 @@ class Lease:
                 current = self._read()
                 if current and current.get("token") != self.record["token"]:
                     if self.say:
-                        self.say(f"warning: the study's lease {self.path} was taken over by {describe(current)}; "
+                        self.say(f"warning: the study's lease {self.path} was taken over by {describe_holder(current)}; "
                                  "two drivers may now run this study")
                     return
                 self._write()
@@ -301,7 +301,7 @@ class Lease:
             out.write(json.dumps(self.record).encode())
 
     def _read(self) -> Optional[dict]:
-        import pyarrow.fs
+        import pyarrow.fs  # ~0.1 s at start-up, which a study on a local folder never needs
 
         if self.fs.get_file_info(self.path).type == pyarrow.fs.FileType.NotFound:
             return None
@@ -318,26 +318,17 @@ class Lease:
 # ---------------------------------------------------------------------------
 def _study_lock(storage_path: str, name: str, say: Optional[Say], create: bool = True):
     """The lock object for study ``name``: a FileLock locally, a Lease on object storage."""
-    from study.state import is_uri, join
-
     record = holder_record(study=name)
     if not is_uri(storage_path):
         return FileLock(Path(storage_path) / name / LOCK_FILE, record)
-    fs, folder = _filesystem(join(storage_path, name))
+    fs, folder = filesystem(join(storage_path, name))
     if create:
         fs.create_dir(folder, recursive=True)
     return Lease(fs, f"{folder}/{LEASE_FILE}", record, say=say)
 
 
-def _filesystem(uri: str):
-    """(pyarrow file system, path) of a storage URI."""
-    import pyarrow.fs
-
-    return pyarrow.fs.FileSystem.from_uri(uri)
-
-
 def _lease_on_local(lock: FileLock, say: Optional[Say]) -> Lease:
-    import pyarrow.fs
+    import pyarrow.fs  # see Lease._read
 
     path = lock.path.with_name(LEASE_FILE)
     return Lease(pyarrow.fs.LocalFileSystem(), str(path), lock.record, say=say)
@@ -345,7 +336,7 @@ def _lease_on_local(lock: FileLock, say: Optional[Say]) -> Lease:
 
 def refusal(name: str, held: Held) -> str:
     """The one-line refusal for a held study lock."""
-    return f"study {name!r} is being run by {describe(held.record)}; wait for it to end, then retry (its lock: {held.where})"
+    return f"study {name!r} is being run by {describe_holder(held.record)}; wait for it to end, then retry (its lock: {held.where})"
 
 
 @contextmanager
@@ -367,7 +358,7 @@ def hold_study(storage_path: str, name: str, say: Optional[Say] = None) -> Itera
         where = getattr(lock, "path", f"{storage_path}/{name}")
         raise LockError(f"cannot lock study {name!r} ({where}): {' '.join(str(err).split())}") from None
     if left and say:
-        say(f"note: taking over the lock of study {name!r} left by {describe(left)}, which is no longer running")
+        say(f"note: taking over the lock of study {name!r} left by {describe_holder(left)}, which is no longer running")
     try:
         yield
     finally:
@@ -376,8 +367,6 @@ def hold_study(storage_path: str, name: str, say: Optional[Say] = None) -> Itera
 
 def study_holder(storage_path: str, name: str) -> Optional[dict]:
     """The record of a process holding study ``name`` now (``{}`` if unreadable), or None; creates nothing."""
-    from study.state import is_uri
-
     if not is_uri(storage_path):
         return peek_file(Path(storage_path) / name / LOCK_FILE)
     lease = _study_lock(storage_path, name, None, create=False)

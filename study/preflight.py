@@ -1,41 +1,101 @@
-"""What the study CLI checks before anything starts, beyond the trial config's own validation.
+"""Every check a study makes before Ray starts: the one place to add or change one.
 
-The rule (docs/reliability.md, "Bad input, row by row"): what the command line can check is checked
-before Ray starts, as one ``error:`` line with exit code 2, and nothing is created (no
-storage folder, no MLflow run); what only a trial can see fails that trial with its reason.
+The rule (docs/reliability.md, "Bad input, row by row"): what the command line can check is
+checked before Ray starts, as one ``error:`` line with exit code 2, and nothing is created
+(no storage folder, no MLflow run); what only a trial can see fails that trial with its
+reason. :mod:`study.prepare` runs these checks, in order, on a new study and on a resume.
 
 Each check reuses the code that would otherwise fail later, so its message is the one a
 trial would have given: the XTD loader's structure check (:func:`trainables.data.xtd.check_xtd`),
-open_clip's model configs for image size and text context, and for the metric names the
-registry (:mod:`trainables.metric_names`) plus the evaluator itself (:func:`known_metrics`
-runs it on a few random embeddings, so no name list is kept here).
+the shard expansion, open_clip's registry and model configs for the model, image size and
+text context, and for the metric names the registry (:mod:`trainables.metric_names`) plus
+the evaluator itself (:func:`known_metrics` runs it on a few random embeddings, so no name
+list is kept here). Storage and the tracking URI are probed by writing (and removing) a
+folder or object: ``os.access`` answers yes to root where a write fails.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import math
+import os
 import re
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Collection, Optional
 
-from trainables.config import MAX_SEED, ConfigError, TrialConfig
+from study.spaces import SearchSpace, SpaceError, read_space, validation_points
+from study.storage import check_folder_writable
+from trainables.config import ConfigError, TrialConfig, is_seed
+from trainables.metric_names import HEADLINES, source_name
 
 MAX_NAME_LENGTH = 100  # a folder name (255 bytes at most) with room for Tune's and Ray Train's suffixes
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PROBE_K = 100  # the evaluator's names for k=100; map100/... stands for map{k}/... of any eval_k
 _MAP_K = re.compile(r"^map(\d+)/(.+)$")
 _EXAMPLE = "map100/multilingual/family/sinitic"  # named in the message
+# Flags whose empty value would silently mean the default (``--space ''`` ran the default space).
+_NOT_EMPTY = {
+    "space": "space name", "name": "study name", "storage_path": "storage path", "tracking_uri": "tracking URI",
+    "output_dir": "output folder", "metric": "metric name", "train_data": "data path", "eval_data": "data path",
+    "images_dir": "folder",
+}
+# TrialConfig fields that name files or folders: always paths (but "synthetic"), or paths only
+# when they look like one (else an open_clip tag / an HF hub name).
+PATH_FIELDS = ("train_data", "eval_data", "images_dir", "data_cache")
+MAYBE_PATH_FIELDS = ("pretrained", "hf_text_model")
+_FLAG_FOR = {"train_data": "--train-data", "eval_data": "--eval-data", "images_dir": "--images-dir"}
 
 
 class PreflightError(RuntimeError):
     """Bad input found before the study starts. One-line message."""
 
 
+def is_local_path(value: Any) -> bool:
+    """Whether a data field's value names a local file or folder: a non-empty string, neither
+    ``synthetic`` nor a URI (``s3://...``, read where the trials run)."""
+    return isinstance(value, str) and bool(value) and value != "synthetic" and "://" not in value
+
+
 # ---------------------------------------------------------------------------
-# Command-line numbers
+# Command-line flags
 # ---------------------------------------------------------------------------
+def check_flag_text(args: argparse.Namespace) -> None:
+    """No flag value holds a NUL (no path or name can); an empty value is refused, not read as 'not given'."""
+    for flag, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and "\x00" in text:
+                raise PreflightError(f"--{flag.replace('_', '-')} {text!r}: holds a NUL character")
+    for flag, what in _NOT_EMPTY.items():
+        value = getattr(args, flag, None)
+        if isinstance(value, str) and not value.strip():
+            raise PreflightError(f"--{flag.replace('_', '-')} {value!r}: empty {what}; give one, or leave the flag out")
+
+
+def check_search_flags(space: SearchSpace, args: argparse.Namespace) -> SearchSpace:
+    """The search flags (counts, scheduler, seeds budget) against ``space``; returns ``space``."""
+    for flag in ("num_samples", "max_concurrent", "max_failures", "num_cpus"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "max_failures" else 1):
+            raise PreflightError(f"--{flag.replace('_', '-')}={value}: must be {'>= 0' if flag == 'max_failures' else 'positive'}")
+    if args.scheduler == "asha" and space.multi_objective:
+        raise PreflightError(f"--scheduler asha needs a single objective; space {space.name!r} has {len(space.objectives)}")
+    if args.scheduler == "asha" and space.seed_min:
+        raise PreflightError(f"--scheduler asha with raced seeds (space {space.name!r}): early stopping would race "
+                         "the seeds on cut-short trials; use the default fifo scheduler")
+    if space.algorithm == "grid" and space.seeds and args.num_samples not in (None, 1):
+        raise PreflightError(f"--num-samples {args.num_samples}: a grid with search.seeds (space {space.name!r}) runs each "
+                         "point once per seed; leave --num-samples out")
+    try:
+        space.check_seed_budget(args.num_samples)
+    except SpaceError as err:
+        raise PreflightError(f"{err} (--num-samples {args.num_samples})") from None
+    return space
+
+
 def check_resource(flag: str, value: Optional[float], default: float) -> float:
     """A per-worker resource (``--cpus-per-worker``, ``--gpus-per-worker``): finite and >= 0."""
     if value is None:
@@ -48,7 +108,7 @@ def check_resource(flag: str, value: Optional[float], default: float) -> float:
 
 def check_seed(value: Optional[int]) -> None:
     """``--seed`` seeds Optuna's sampler (32-bit) as well as the trials."""
-    if value is not None and not 0 <= value <= MAX_SEED:
+    if value is not None and not is_seed(value):
         raise PreflightError(f"--seed {value}: must lie in [0, 2**32 - 1] (it seeds Optuna's sampler and the trials)")
 
 
@@ -59,12 +119,52 @@ def check_name_length(name: str) -> None:
                              "(it names the state folder and the MLflow experiment)")
 
 
+def study_name(name: str) -> str:
+    """A study name usable as a folder and an MLflow experiment name."""
+    if not _NAME.match(name):
+        raise PreflightError(f"study name {name!r}: use letters, digits, '_', '-', '.' (starting with a letter or digit)")
+    check_name_length(name)
+    return name
+
+
 # ---------------------------------------------------------------------------
-# Folders this study will write
+# Local paths: the data the trials read, the folders the study writes
 # ---------------------------------------------------------------------------
+def check_data_paths_exist(base: dict) -> None:
+    """Fail before Ray starts when a local data path does not exist (else every trial fails on it)."""
+    # trainables.data imports torch (~1 s): only a study with local data pays it before its first line
+    from trainables.data import DataError
+    from trainables.data.shards import expand_shards
+    from trainables.data.sources import train_data_kind
+
+    for key in ("eval_data", "images_dir"):
+        value = base.get(key)
+        if is_local_path(value) and not os.path.exists(value):
+            raise PreflightError(f"--{key.replace('_', '-')} {value}: no such file or folder")
+    train = base.get("train_data")
+    if not is_local_path(train):
+        return
+    try:
+        if train_data_kind(train) == "shards":
+            expand_shards(train)  # the same expansion the trial will do: patterns, folders, lists
+        elif not os.path.exists(train):
+            raise PreflightError(f"--train-data {train}: no such file, folder or shard pattern")
+    except (ConfigError, DataError) as err:
+        raise PreflightError(f"--train-data {train}: {err}") from None
+    except OSError as err:  # e.g. a name too long for the file system
+        raise PreflightError(f"--train-data {train}: {err.strerror or err}") from None
+    except ValueError as err:  # braceexpand's unbalanced braces, which the trial would meet too
+        raise PreflightError(f"--train-data {train}: {err}") from None
+
+
+def check_local_data(base: dict) -> None:
+    """Local data the trials will read or write: the XTD folder's structure, the data cache."""
+    check_eval_folder(base)
+    check_data_cache(base)
+
+
 def check_output_dir(path: str) -> None:
     """The folder for the table, figure and best config: a folder (or creatable), writable; nothing created."""
-    from study.state import check_folder_writable
 
     try:
         if Path(path).exists() and not Path(path).is_dir():
@@ -76,8 +176,8 @@ def check_output_dir(path: str) -> None:
 
 def check_data_cache(base: dict) -> None:
     """The trials' data cache (synthetic data, tokenizers) must be writable; nothing created."""
-    from study.state import check_folder_writable
-    from trainables.data.synthetic import cache_root
+    from trainables.data.synthetic import cache_root  # imports torch (~1 s): see check_data_paths_exist
+
 
     if "data_cache" not in base:  # searched: each value is the trial's own business
         return
@@ -90,11 +190,11 @@ def check_data_cache(base: dict) -> None:
 
 def check_eval_folder(base: dict) -> None:
     """A local XTD evaluation folder: its whole structure, read now with the loader's own check."""
-    from trainables.data import DataError
+    from trainables.data import DataError  # imports torch (~1 s): see check_data_paths_exist
     from trainables.data.xtd import check_xtd
 
     folder = base.get("eval_data")
-    if not isinstance(folder, str) or folder == "synthetic" or "://" in folder:
+    if not is_local_path(folder):
         return
     if "images_dir" not in base or "allow_missing_images" not in base:
         return  # searched: each trial checks its own combination
@@ -111,8 +211,119 @@ def _reason(err: OSError) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Model limits (through open_clip's config of the model)
+# Paths named by a space file
 # ---------------------------------------------------------------------------
+def load_space(name_or_path: str) -> SearchSpace:
+    """The space ``name_or_path`` (registry name or YAML file), read and structurally checked,
+    with the paths it names resolved inside its folder (:func:`contain_paths`)."""
+    space = read_space(name_or_path)
+    return contain_paths(space, Path(space.source).parent)
+
+
+def contain_paths(space: SearchSpace, folder: Path) -> SearchSpace:
+    """The space with its data/model paths resolved inside ``folder`` (the space file's folder).
+
+    The rule: a path in a space file is relative and resolves, after ``..`` and symlinks,
+    inside the folder that holds the file. Anything else (absolute, ``~``, escaping by ``..``
+    or through a symlink) is a SpaceError: a space file is shareable data and never sends a
+    study to read or write elsewhere unseen; such locations go on the command line
+    (``--eval-data``, ``--set data_cache=...``), where the user names them.
+    """
+    where = f"space {space.name!r} ({space.source})"
+    fixed = {k: _contained(k, v, folder, f"{where}: fixed.{k}") for k, v in space.fixed.items()}
+    params = tuple(
+        replace(p, values=tuple(_contained(p.name, v, folder, f"{where}: params.{p.name}") for v in p.values))
+        if p.values else p
+        for p in space.params
+    )
+    return replace(space, fixed=fixed, params=params)
+
+
+def _contained(key: str, value: Any, folder: Path, where: str) -> Any:
+    """``value`` as an absolute path inside ``folder`` when ``key`` names a path; else unchanged."""
+    if not _is_path_value(key, value):
+        return value
+    flag = _FLAG_FOR.get(key, f"--set {key}=...")
+    if "\x00" in value:  # YAML's "\0": no path holds one (and resolve() would raise on it)
+        raise SpaceError(f"{where}={value!r}: a path cannot hold a NUL character")
+    if value.startswith("~") or Path(value).is_absolute():
+        raise SpaceError(f"{where}={value!r}: a space file may only name paths inside its own folder "
+                         f"{folder}; give this one on the command line ({flag})")
+    base = folder.resolve()
+    resolved = (base / value).resolve()
+    if not resolved.is_relative_to(base):
+        how = "by '..'" if ".." in Path(value).parts else "through a symlink"
+        raise SpaceError(f"{where}={value!r} leads {how} to {resolved}, outside the space file's folder {base}; "
+                         f"give it on the command line ({flag}) if that is intended")
+    return str(resolved)
+
+
+def _is_path_value(key: str, value: Any) -> bool:
+    if key in PATH_FIELDS:
+        return is_local_path(value)
+    if key in MAYBE_PATH_FIELDS and isinstance(value, str) and value and "://" not in value:
+        return value.startswith(("/", "~", "./", "../")) or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    return False
+
+
+# ---------------------------------------------------------------------------
+# Trial configs: every config a space can produce must be a valid TrialConfig
+# ---------------------------------------------------------------------------
+def build_trial_config(base: dict, params: dict) -> TrialConfig:
+    """The trial config: ``base`` (defaults + fixed + CLI) updated by the sampled ``params``.
+
+    The model name and ``pretrained`` tag are checked against open_clip's registry too (no
+    download), and the image size and context length against the model's config, so a study
+    refuses them before it starts, instead of failing every trial on them.
+    """
+    config = TrialConfig.from_dict({**base, **params})
+    _check_model(config)
+    return config
+
+
+_MODELS_CHECKED: dict = {}  # (model, pretrained) -> open_clip model name
+
+
+def _check_model(config: TrialConfig) -> None:
+    """ConfigError when open_clip does not know ``config.model`` or its ``pretrained`` tag (cached),
+    or when the model cannot take ``config``'s image size or context length."""
+    from trainables.model import resolve_model_name
+
+    key = (config.model, config.pretrained)
+    if key not in _MODELS_CHECKED:
+        _MODELS_CHECKED[key] = resolve_model_name(config)
+    check_model_limits(config, _MODELS_CHECKED[key])
+
+
+def validate_space(space: SearchSpace, base: dict, n_samples: int = 64, seed: int = 0) -> int:
+    """Build a TrialConfig for every validation point; raise SpaceError on the first bad one.
+
+    Returns the number of configs checked.
+    """
+    points = validation_points(space, n_samples, seed)
+    for point in points:
+        try:
+            build_trial_config(base, point)
+        except ConfigError as err:
+            shown = ", ".join(f"{k}={_short(v)}" for k, v in point.items())
+            raise SpaceError(f"space {space.name!r} samples an invalid trial config ({shown}): {err}") from None
+    return len(points)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else repr(value)
+
+
+def check_fixed_settings(space: SearchSpace, base: dict) -> None:
+    """Blame a bad fixed setting (space ``fixed`` or a flag) on itself, not on the space's samples."""
+    point = validation_points(space, n_samples=0)[0]
+    try:
+        build_trial_config(base, point)
+    except ConfigError as err:
+        if not any(name in str(err) for name in space.param_names):
+            raise PreflightError(f"trial settings (space 'fixed' + command line): {err}") from None
+
+
 def check_model_limits(config: TrialConfig, model_name: str) -> None:
     """ConfigError when ``config`` asks for something model ``model_name`` cannot take.
 
@@ -166,8 +377,6 @@ def _evaluation_names() -> frozenset:
 def known_metrics(eval_k: int = _PROBE_K) -> list[str]:
     """The (source) metric names a trial with ``eval_k`` reports at an evaluated epoch, sorted:
     every evaluation name, and the registry's headlines (training, composition, bookkeeping)."""
-    from trainables.metric_names import HEADLINES
-
     names = {_with_k(name, eval_k) for name in _evaluation_names()}
     return sorted(names | {h.source for h in HEADLINES if not _MAP_K.match(h.source)})
 
@@ -183,8 +392,6 @@ def check_metric(metric: str, eval_ks: Collection[int], where: str) -> None:
     ``metric`` is a source name (``map100/multilingual``) or a registry headline's logged name
     (``multi``); the message lists the registry's headlines, which name the rest.
     """
-    from trainables.metric_names import HEADLINES, source_name
-
     source = source_name(metric)
     match = _MAP_K.match(source)
     if match and int(match.group(1)) in eval_ks and f"map{_PROBE_K}/{match.group(2)}" in _evaluation_names():
@@ -212,6 +419,3 @@ def eval_ks(base: dict, space: Any) -> Collection[int]:
     if param.values:
         return tuple(v for v in param.values if isinstance(v, int) and not isinstance(v, bool)) or (_PROBE_K,)
     return range(int(param.low), int(param.high) + 1)  # a range: membership without listing it
-
-
-__all__ = ["PreflightError", "check_metric", "check_model_limits", "known_metrics"]

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ import yaml
 
 from search_spaces import available_spaces, space_file
 from study.race import SeedPlan
-from trainables.config import MAX_SEED, ConfigError, TrialConfig
+from trainables.config import TrialConfig, is_seed
 from trainables.metric_names import TARGET_METRIC
 
 ALGORITHMS = ("optuna", "grid")
@@ -210,8 +210,11 @@ def resolve_space_path(name_or_path: str) -> Path:
     return path.resolve()
 
 
-def load_space(name_or_path: str) -> SearchSpace:
-    """Load and structurally check the space ``name_or_path`` (registry name or YAML file)."""
+def read_space(name_or_path: str) -> SearchSpace:
+    """Read and structurally check the space ``name_or_path`` (registry name or YAML file).
+
+    The paths it names are taken as written; :func:`study.preflight.load_space` (what a study
+    uses) also resolves them inside the file's folder."""
     path = resolve_space_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -222,65 +225,7 @@ def load_space(name_or_path: str) -> SearchSpace:
         at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SpaceError(f"malformed space file {path}{at}: {problem}") from None
-    return contain_paths(parse_space(data, name=path.stem, source=str(path)), path.parent)
-
-
-# ---------------------------------------------------------------------------
-# Paths named by a space file
-# ---------------------------------------------------------------------------
-# TrialConfig fields that name files or folders: always paths (but "synthetic"), or paths only
-# when they look like one (else an open_clip tag / an HF hub name).
-PATH_FIELDS = ("train_data", "eval_data", "images_dir", "data_cache")
-MAYBE_PATH_FIELDS = ("pretrained", "hf_text_model")
-_FLAG_FOR = {"train_data": "--train-data", "eval_data": "--eval-data", "images_dir": "--images-dir"}
-
-
-def contain_paths(space: SearchSpace, folder: Path) -> SearchSpace:
-    """The space with its data/model paths resolved inside ``folder`` (the space file's folder).
-
-    The rule: a path in a space file is relative and resolves, after ``..`` and symlinks,
-    inside the folder that holds the file. Anything else (absolute, ``~``, escaping by ``..``
-    or through a symlink) is a SpaceError: a space file is shareable data and never sends a
-    study to read or write elsewhere unseen; such locations go on the command line
-    (``--eval-data``, ``--set data_cache=...``), where the user names them.
-    """
-    where = f"space {space.name!r} ({space.source})"
-    fixed = {k: _contained(k, v, folder, f"{where}: fixed.{k}") for k, v in space.fixed.items()}
-    params = tuple(
-        replace(p, values=tuple(_contained(p.name, v, folder, f"{where}: params.{p.name}") for v in p.values))
-        if p.values else p
-        for p in space.params
-    )
-    return replace(space, fixed=fixed, params=params)
-
-
-def _contained(key: str, value: Any, folder: Path, where: str) -> Any:
-    """``value`` as an absolute path inside ``folder`` when ``key`` names a path; else unchanged."""
-    if not _is_path_value(key, value):
-        return value
-    flag = _FLAG_FOR.get(key, f"--set {key}=...")
-    if "\x00" in value:  # YAML's "\0": no path holds one (and resolve() would raise on it)
-        raise SpaceError(f"{where}={value!r}: a path cannot hold a NUL character")
-    if value.startswith("~") or Path(value).is_absolute():
-        raise SpaceError(f"{where}={value!r}: a space file may only name paths inside its own folder "
-                         f"{folder}; give this one on the command line ({flag})")
-    base = folder.resolve()
-    resolved = (base / value).resolve()
-    if not resolved.is_relative_to(base):
-        how = "by '..'" if ".." in Path(value).parts else "through a symlink"
-        raise SpaceError(f"{where}={value!r} leads {how} to {resolved}, outside the space file's folder {base}; "
-                         f"give it on the command line ({flag}) if that is intended")
-    return str(resolved)
-
-
-def _is_path_value(key: str, value: Any) -> bool:
-    if not isinstance(value, str) or not value or "://" in value:
-        return False
-    if key in PATH_FIELDS:
-        return value != "synthetic"
-    if key in MAYBE_PATH_FIELDS:
-        return value.startswith(("/", "~", "./", "../")) or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
-    return False
+    return parse_space(data, name=path.stem, source=str(path))
 
 
 def parse_space(data: Any, *, name: str, source: str) -> SearchSpace:
@@ -352,7 +297,7 @@ def _parse_seeds(value: Any, algorithm: str, n_objectives: int, fixed: dict, par
     if isinstance(value, dict):
         return _parse_seed_race(value, at)
     if (not isinstance(value, list) or not value
-            or any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= MAX_SEED for x in value)):
+            or not all(map(is_seed, value))):
         raise SpaceError(f"{at}={value!r}: must be a list of integers in [0, 2**32 - 1], or a mapping "
                          f"with {', '.join(SEED_RACE_KEYS)}")
     if len(set(value)) != len(value):
@@ -520,36 +465,6 @@ def make_objective(metric: Any, mode: Any, where: str = "objective") -> Objectiv
     return Objective(metric, mode)
 
 
-# ---------------------------------------------------------------------------
-# Validation: every config a space can produce must be a valid TrialConfig
-# ---------------------------------------------------------------------------
-def build_trial_config(base: dict, params: dict) -> TrialConfig:
-    """The trial config: ``base`` (defaults + fixed + CLI) updated by the sampled ``params``.
-
-    The model name and ``pretrained`` tag are checked against open_clip's registry too (no
-    download), and the image size and context length against the model's config, so a study
-    refuses them before it starts, instead of failing every trial on them.
-    """
-    config = TrialConfig.from_dict({**base, **params})
-    _check_model(config)
-    return config
-
-
-_MODELS_CHECKED: dict = {}  # (model, pretrained) -> open_clip model name
-
-
-def _check_model(config: TrialConfig) -> None:
-    """ConfigError when open_clip does not know ``config.model`` or its ``pretrained`` tag (cached),
-    or when the model cannot take ``config``'s image size or context length."""
-    from study.preflight import check_model_limits
-    from trainables.model import resolve_model_name
-
-    key = (config.model, config.pretrained)
-    if key not in _MODELS_CHECKED:
-        _MODELS_CHECKED[key] = resolve_model_name(config)
-    check_model_limits(config, _MODELS_CHECKED[key])
-
-
 def validation_points(space: SearchSpace, n_samples: int = 64, seed: int = 0) -> list[dict]:
     """Points to check: the whole grid, or each param's bounds/values plus random samples."""
     if space.algorithm == "grid":
@@ -562,20 +477,3 @@ def validation_points(space: SearchSpace, n_samples: int = 64, seed: int = 0) ->
     return points
 
 
-def validate_space(space: SearchSpace, base: dict, n_samples: int = 64, seed: int = 0) -> int:
-    """Build a TrialConfig for every validation point; raise SpaceError on the first bad one.
-
-    Returns the number of configs checked.
-    """
-    points = validation_points(space, n_samples, seed)
-    for point in points:
-        try:
-            build_trial_config(base, point)
-        except ConfigError as err:
-            shown = ", ".join(f"{k}={_short(v)}" for k, v in point.items())
-            raise SpaceError(f"space {space.name!r} samples an invalid trial config ({shown}): {err}") from None
-    return len(points)
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else repr(value)

@@ -43,6 +43,7 @@ import pytest
 import torch
 
 from study import run as study_run
+from study import preflight, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [p for d in ("trainables", "study", "search_spaces", "benchmarks") for p in (ROOT / d).rglob("*.py")]
@@ -120,11 +121,11 @@ class _Payload:
 
 def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path, data_cache):
     from trainables.config import TrialConfig
-    from trainables.session import save_state
+    from trainables.session import save_checkpoint
     from trainables.train import UnsafeCheckpointError, run_local
 
     marker = tmp_path / "pwned"
-    save_state({"epoch": 0, "model": {}, "extra": _Payload(marker)}, tmp_path / "ckpt")
+    save_checkpoint({"epoch": 0, "model": {}, "extra": _Payload(marker)}, tmp_path / "ckpt")
     config = TrialConfig(batch_size=16, epochs=1, steps_per_epoch=1, synthetic_train_size=64,
                          synthetic_test_size=20, data_cache=data_cache, eval_k=10)
     with pytest.raises(UnsafeCheckpointError) as err:
@@ -160,7 +161,7 @@ def test_the_ray_dashboard_binds_to_localhost(monkeypatch):
 
 
 # ---------------------------------------------------------------------------
-# Paths named by a space file stay inside its folder (the rule: study.spaces.contain_paths)
+# Paths named by a space file stay inside its folder (the rule: study.preflight.contain_paths)
 # ---------------------------------------------------------------------------
 @pytest.fixture
 def outside(here) -> Path:
@@ -187,10 +188,10 @@ def test_a_space_file_cannot_point_outside_its_folder(here, capsys, outside, fix
 def test_paths_inside_the_space_folder_resolve_against_it(here, outside):
     (here / "spaces" / "data").mkdir()
     (here / "spaces" / "s.yaml").write_text("fixed: {data_cache: data/cache, eval_data: ./data}\n" + ONE_FIELD)
-    space = study_run.load_space("spaces/s.yaml")
-    base = study_run.base_config(space, study_run.build_parser().parse_args(["--space", "spaces/s.yaml"]))
+    space = preflight.load_space("spaces/s.yaml")
+    base = prepare.base_config(space, study_run.build_parser().parse_args(["--space", "spaces/s.yaml"]))
     assert base["data_cache"] == str(here / "spaces" / "data" / "cache")
     assert base["eval_data"] == str(here / "spaces" / "data")
     # the same place named on the command line is the user's choice: followed
     args = study_run.build_parser().parse_args(["--space", "spaces/s.yaml", "--eval-data", str(outside)])
-    assert study_run.base_config(space, args)["eval_data"] == str(outside)
+    assert prepare.base_config(space, args)["eval_data"] == str(outside)

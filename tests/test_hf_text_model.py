@@ -70,13 +70,13 @@ def test_vit_b_32_with_hf_text_tower_forward(hf_folder):
 
 
 def test_trial_runs_and_checkpoint_loads_weights_only(hf_folder, tiny_config, tmp_path):
-    from trainables.session import load_state
+    from trainables.session import load_checkpoint
     from trainables.train import run_local
 
     reports = run_local(tiny_config.replace(hf_text_model=hf_folder, epochs=1, steps_per_epoch=2),
                         checkpoint_dir=tmp_path)
     assert math.isfinite(reports[0]["train/loss"])
-    state = load_state(tmp_path)  # torch.load(weights_only=True)
+    state = load_checkpoint(tmp_path)  # torch.load(weights_only=True)
     assert any(key.startswith("text.transformer.") for key in state["model"])
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from study import run as study_run
+from study import prepare
 from trainables.data import DataError
 from trainables.languages import LANGUAGES
 
@@ -206,7 +207,7 @@ def test_a_resume_checks_its_data_again(here, capsys):
 
     folder = write_xtd_folder(here / "xtd")
     args = study_run.build_parser().parse_args(["--space", "smoke", "--eval-data", "xtd"])
-    state, _ = study_run.prepare_new(args)
+    state, _ = prepare.prepare_new(args)
     state.parent_run_id = "p"
     save_state(state)
     _one_line_fewer(folder)

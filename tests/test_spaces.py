@@ -7,14 +7,8 @@ import textwrap
 import pytest
 
 from search_spaces import available_spaces
-from study.spaces import (
-    SpaceError,
-    build_trial_config,
-    load_space,
-    parse_space,
-    validate_space,
-    validation_points,
-)
+from study.preflight import build_trial_config, load_space, validate_space
+from study.spaces import SpaceError, parse_space, validation_points
 from trainables.config import TrialConfig
 
 EXPECTED = {"ratio_only", "ratio_temperature_batch", "ratio_grid", "pareto", "smoke"}

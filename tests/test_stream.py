@@ -283,7 +283,7 @@ class _Interrupted(Exception):
 
 
 def test_a_streamed_trial_trains_evaluates_and_resumes(tmp_path, tiny_config, synthetic_shards):
-    from trainables.session import LocalSession, load_state
+    from trainables.session import LocalSession, load_checkpoint
     from trainables.train import run_local, train_worker
 
     shards, test_dir = synthetic_shards
@@ -297,7 +297,7 @@ def test_a_streamed_trial_trains_evaluates_and_resumes(tmp_path, tiny_config, sy
 
     with pytest.raises(_Interrupted):
         train_worker(config, StopAfterFirstEpoch(checkpoint_dir=tmp_path / "ckpt"))
-    assert load_state(tmp_path / "ckpt")["composer"]["stream"] is True
+    assert load_checkpoint(tmp_path / "ckpt")["composer"]["stream"] is True
     resumed = run_local(config, checkpoint_dir=tmp_path / "ckpt")
     straight = run_local(config, checkpoint_dir=tmp_path / "fresh")
     assert [r["epoch"] for r in resumed] == [2.0] and len(straight) == 2

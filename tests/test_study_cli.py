@@ -17,6 +17,7 @@ import pytest
 from trainables.config import TrialConfig
 
 from study import run as study_run
+from study import preflight, prepare
 from study.cluster import (
     DRIVER_RESOURCE,
     Capacity,
@@ -137,9 +138,9 @@ def test_base_config_layers_defaults_space_and_flags(here):
     args = study_run.build_parser().parse_args(
         ["--epochs", "2", "--seed", "7", "--set", "lr=1e-3", "--eval-data", "xtd", "--workers-per-trial", "2"]
     )
-    space = study_run.load_space("ratio_only")
+    space = preflight.load_space("ratio_only")
     (here / "xtd").mkdir()
-    base = study_run.base_config(space, args)
+    base = prepare.base_config(space, args)
     assert "ratio" not in base  # searched: Tune supplies it
     assert base["epochs"] == 2 and base["seed"] == 7 and base["lr"] == pytest.approx(1e-3) and base["num_workers"] == 2
     assert base["eval_data"] == str(here / "xtd")  # relative data paths become absolute
@@ -148,7 +149,7 @@ def test_base_config_layers_defaults_space_and_flags(here):
 
 def test_seed_flag_does_not_override_a_searched_seed(here):
     args = study_run.build_parser().parse_args(["--seed", "5"])
-    base = study_run.base_config(study_run.load_space("ratio_grid"), args)
+    base = prepare.base_config(preflight.load_space("ratio_grid"), args)
     assert "seed" not in base
 
 
@@ -318,7 +319,7 @@ def test_asha_runs_to_the_most_epochs_a_searched_epochs_allows(here):
                          "params": {"ratio": {"type": "uniform", "low": 0.0, "high": 1.0},
                                     "epochs": {"type": "int", "low": 2, "high": 9}}}, name="e", source="e.yaml")
     args = study_run.build_parser().parse_args(["--scheduler", "asha"])
-    base = study_run.base_config(space, args)
+    base = prepare.base_config(space, args)
     assert "epochs" not in base
     state = StudyState(
         name="e", storage_path=str(here), space={"name": "e", "source": "e.yaml", "raw": {}}, base_config=base,
@@ -329,7 +330,7 @@ def test_asha_runs_to_the_most_epochs_a_searched_epochs_allows(here):
     assert build_scheduler(state, space)._max_t == 9
     fixed = parse_space({"search": {"algorithm": "optuna", "num_samples": 2}, "fixed": {"epochs": 4},
                          "params": {"ratio": {"type": "uniform", "low": 0.0, "high": 1.0}}}, name="f", source="f.yaml")
-    state.base_config = study_run.base_config(fixed, args)
+    state.base_config = prepare.base_config(fixed, args)
     assert build_scheduler(state, fixed)._max_t == 4
 
 
@@ -342,12 +343,12 @@ def test_a_resumed_space_resolves_its_paths_beside_its_file_again(here):
     (here / "spaces" / "two.yaml").write_text(
         "search: {algorithm: grid}\nparams:\n  eval_data: {type: grid, values: [xtd_a, xtd_b]}\n")
     first = study_run.build_parser().parse_args(["--space", "spaces/two.yaml", "--name", "two"])
-    state, space = study_run.prepare_new(first)
+    state, space = prepare.prepare_new(first)
     expected = [str((here / "spaces" / n).resolve()) for n in ("xtd_a", "xtd_b")]
     assert list(space.params[0].values) == expected
     save_state(state)
     again = study_run.build_parser().parse_args(["--resume", "--name", "two"])
-    _, resumed = study_run.prepare_resume(again)
+    _, resumed = prepare.prepare_resume(again)
     assert list(resumed.params[0].values) == expected
 
 
@@ -356,12 +357,12 @@ def test_a_study_resumes_only_with_the_trial_function_it_started_with(here):
     (a plain ``python -m study.run --resume`` of a stand-in study would otherwise train for real)."""
     from tests.standins import DirectStandIn
 
-    assert study_run.fit_name(study_run.fit_trial) == "trainables.driver:fit_trial"
-    assert study_run.fit_name(DirectStandIn()) == "tests.standins:DirectStandIn"
-    state, _ = study_run.prepare_new(study_run.build_parser().parse_args(["--name", "f"]), "tests.standins:DirectStandIn")
+    assert prepare.fit_name(study_run.fit_trial) == "trainables.driver:fit_trial"
+    assert prepare.fit_name(DirectStandIn()) == "tests.standins:DirectStandIn"
+    state, _ = prepare.prepare_new(study_run.build_parser().parse_args(["--name", "f"]), "tests.standins:DirectStandIn")
     save_state(state)
     resume = study_run.build_parser().parse_args(["--resume", "--name", "f"])
-    with pytest.raises(study_run.StudyError, match="runs the trial function tests.standins:DirectStandIn, not "
+    with pytest.raises(preflight.PreflightError, match="runs the trial function tests.standins:DirectStandIn, not "
                                                    "trainables.driver:fit_trial; resume it with the same one"):
-        study_run.prepare_resume(resume)
-    assert study_run.prepare_resume(resume, "tests.standins:DirectStandIn")[0].fit == "tests.standins:DirectStandIn"
+        prepare.prepare_resume(resume)
+    assert prepare.prepare_resume(resume, "tests.standins:DirectStandIn")[0].fit == "tests.standins:DirectStandIn"

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from study.lock import LOCK_FILE, Held, Lease, LockError, hold_study, holder_record, study_holder
-from study.state import experiment_exists
+from study.storage import experiment_exists
 from tests.standins import repo_env, standin_command
 from trainables.tracking import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, client_for
 
@@ -154,7 +154,7 @@ def test_a_study_on_object_storage_is_held_by_a_lease(tmp_path, monkeypatch):
     import study.lock
 
     monkeypatch.setattr(study.lock, "LEASE_SETTLE_S", 0.05)
-    monkeypatch.setattr(study.lock, "_filesystem",
+    monkeypatch.setattr(study.lock, "filesystem",
                         lambda uri: (pyarrow.fs.LocalFileSystem(), str(tmp_path / uri.split("://")[1])))
     with hold_study("s3://bucket/studies", "s"):
         lease = tmp_path / "bucket" / "studies" / "s" / ".study.lease"

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainables.session import load_state
+from trainables.session import load_checkpoint
 from trainables.train import NonFiniteLossError, run_local
 
 
@@ -17,7 +17,7 @@ def test_trains_and_reports_every_epoch(tiny_config, tmp_path):
                 "map10/multilingual/family/romance", "map10/monolingual", "map10/crosslingual", "bias/multilingual"):
         assert key in last and math.isfinite(last[key]), key
     assert reports[1]["train/loss"] < reports[0]["train/loss"]  # it learns something
-    saved = load_state(tmp_path)
+    saved = load_checkpoint(tmp_path)
     assert saved["epoch"] == 1 and saved["config"]["ratio"] == 0.5
 
 
@@ -67,7 +67,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_p
     monkeypatch.setattr(train_mod, "train_one_epoch", poisoned_in_epoch_2)
     with pytest.raises(NonFiniteLossError, match="non-finite training loss in epoch 2"):
         run_local(tiny_config.replace(epochs=2), checkpoint_dir=tmp_path)
-    kept = load_state(tmp_path)
+    kept = load_checkpoint(tmp_path)
     assert kept["epoch"] == 0 and good
     assert all(torch.equal(kept["model"][k], good[k]) for k in good)
 
@@ -78,7 +78,7 @@ def test_a_checkpoint_of_other_settings_is_refused_not_continued(tiny_config, tm
     from trainables.config import ConfigError, resume_differences
 
     run_local(tiny_config.replace(epochs=1), checkpoint_dir=tmp_path)
-    saved = load_state(tmp_path)["config"]
+    saved = load_checkpoint(tmp_path)["config"]
     with pytest.raises(ConfigError, match=r"written with other settings: lr \(0\.001 -> 0\.002\); start the trial afresh"):
         run_local(tiny_config.replace(epochs=1, lr=2e-3), checkpoint_dir=tmp_path)
     assert resume_differences(saved, tiny_config.replace(epochs=1, num_workers=2, data_cache=str(tmp_path))) == []

@@ -20,7 +20,7 @@ def test_two_workers_report_checkpoint_and_resume(ray_local, tiny_config, tmp_pa
     storage); a trial whose settings changed refuses the checkpoint instead of continuing it."""
     from tests.standins import MarkedWorker
     from trainables.driver import TrialFailed, fit_trial
-    from trainables.session import load_state
+    from trainables.session import load_checkpoint
 
     config = tiny_config.replace(num_workers=2, epochs=2)
     marks = tmp_path / "marks"
@@ -38,7 +38,7 @@ def test_two_workers_report_checkpoint_and_resume(ray_local, tiny_config, tmp_pa
     assert math.isfinite(resumed.metrics["map10/multilingual"])
     assert 0.0 <= resumed.metrics["composition/mono_share"] <= 1.0
     with resumed.checkpoint.as_directory() as directory:
-        saved = load_state(directory)
+        saved = load_checkpoint(directory)
     assert saved["epoch"] == 1 and saved["config"]["num_workers"] == 2
 
     with pytest.raises(TrialFailed, match=r"written with other settings: epochs \(2 -> 3\)"):

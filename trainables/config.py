@@ -30,6 +30,11 @@ TOKENIZERS = ("auto", "corpus", "openclip_bpe")
 MAX_SEED = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit; torch takes these too
 
 
+def is_seed(value: Any) -> bool:
+    """The one seed rule (a trial's seed, ``--seed``, a space's seeds): an integer in [0, 2**32 - 1]."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """All settings of one trial.
@@ -198,7 +203,7 @@ class TrialConfig:
             if _not_int(getattr(self, name)) or getattr(self, name) < 0:
                 bad(name, "must be a non-negative integer")
         for name in ("seed", "data_seed"):
-            if _not_int(getattr(self, name)) or not 0 <= getattr(self, name) <= MAX_SEED:
+            if not is_seed(getattr(self, name)):
                 bad(name, "must be an integer in [0, 2**32 - 1]")
         if self.steps_per_epoch is not None and (_not_int(self.steps_per_epoch) or self.steps_per_epoch < 1):
             bad("steps_per_epoch", "must be a positive integer or None")

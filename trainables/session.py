@@ -18,24 +18,24 @@ from typing import Any, Optional
 
 import torch
 
-STATE_FILE = "state.pt"
+CHECKPOINT_FILE = "state.pt"
 
 
-def save_state(state: dict[str, Any], directory: Path) -> Path:
+def save_checkpoint(state: dict[str, Any], directory: Path) -> Path:
     """Write a checkpoint state (tensors and plain Python only) to ``directory/state.pt``."""
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (STATE_FILE + ".tmp")
+    tmp = directory / (CHECKPOINT_FILE + ".tmp")
     torch.save(state, tmp)
-    os.replace(tmp, directory / STATE_FILE)  # a reader never sees half a file
-    return directory / STATE_FILE
+    os.replace(tmp, directory / CHECKPOINT_FILE)  # a reader never sees half a file
+    return directory / CHECKPOINT_FILE
 
 
 class UnsafeCheckpointError(RuntimeError):
     """The checkpoint holds pickled objects; it is refused, never unpickled."""
 
 
-def load_state(directory: Path | str) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_state`. ``weights_only=True``: no pickled code runs.
+def load_checkpoint(directory: Path | str) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`. ``weights_only=True``: no pickled code runs.
 
     A checkpoint holding any pickled object raises :class:`UnsafeCheckpointError` with one
     line (torch's own refusal spans many).
@@ -43,7 +43,7 @@ def load_state(directory: Path | str) -> dict[str, Any]:
     import pickle
 
     try:
-        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+        return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
             raise
@@ -92,11 +92,11 @@ class LocalSession(Session):
     def report(self, metrics: dict[str, float], state: Optional[dict[str, Any]]) -> None:
         self.reports.append(dict(metrics))
         if state is not None and self.checkpoint_dir is not None:
-            save_state(state, Path(self.checkpoint_dir))
+            save_checkpoint(state, Path(self.checkpoint_dir))
 
     def latest_state(self) -> Optional[dict[str, Any]]:
-        if self.resume and self.checkpoint_dir is not None and (Path(self.checkpoint_dir) / STATE_FILE).exists():
-            return load_state(self.checkpoint_dir)
+        if self.resume and self.checkpoint_dir is not None and (Path(self.checkpoint_dir) / CHECKPOINT_FILE).exists():
+            return load_checkpoint(self.checkpoint_dir)
         return None
 
 
@@ -122,7 +122,7 @@ class RaySession(Session):
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            save_state(state, Path(tmp))
+            save_checkpoint(state, Path(tmp))
             epoch = int(metrics.get("epoch", 0))
             ray.train.report(
                 metrics,
@@ -137,4 +137,4 @@ class RaySession(Session):
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as directory:
-            return load_state(directory)
+            return load_checkpoint(directory)
