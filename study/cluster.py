@@ -22,6 +22,7 @@ from typing import Iterator, Optional
 
 from study.lock import FileLock, Held, describe_holder, holder_record
 from trainables.driver import HEALTH_CHECK_INTERVAL_S
+from trainables.errors import one_line
 
 DRIVER_RESOURCE = "mlclip_trial_driver"
 DRIVER_SLOTS = 1000  # "unlimited": the concurrency plan, not this resource, bounds trials
@@ -167,7 +168,7 @@ def start_ray(address: Optional[str], num_cpus: Optional[int], env: dict[str, st
             )
     except Exception as err:  # noqa: BLE001 - report any start failure in one line
         where = f"attach to the Ray cluster at {address}" if address else "start a local Ray cluster"
-        raise ClusterError(f"cannot {where}: {' '.join(str(err).split())[:300]}") from None
+        raise ClusterError(f"cannot {where}: {one_line(err)}") from None
 
 
 def cluster_capacity() -> Capacity:

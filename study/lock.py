@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from study.storage import LEASE_FILE, LOCK_FILE, filesystem, is_uri, join
+from trainables.errors import one_line
 
 LEASE_TTL_S = 60.0
 LEASE_SETTLE_S = 2.0
@@ -356,7 +357,7 @@ def hold_study(storage_path: str, name: str, say: Optional[Say] = None) -> Itera
         raise LockError(refusal(name, held)) from None
     except OSError as err:
         where = getattr(lock, "path", f"{storage_path}/{name}")
-        raise LockError(f"cannot lock study {name!r} ({where}): {' '.join(str(err).split())}") from None
+        raise LockError(f"cannot lock study {name!r} ({where}): {one_line(err)}") from None
     if left and say:
         say(f"note: taking over the lock of study {name!r} left by {describe_holder(left)}, which is no longer running")
     try:

@@ -30,6 +30,7 @@ from typing import Any, Collection, Optional
 from study.spaces import SearchSpace, SpaceError, read_space, validation_points
 from study.storage import check_folder_writable
 from trainables.config import ConfigError, TrialConfig, is_seed
+from trainables.errors import one_line
 from trainables.metric_names import HEADLINES, source_name
 
 MAX_NAME_LENGTH = 100  # a folder name (255 bytes at most) with room for Tune's and Ray Train's suffixes
@@ -171,7 +172,7 @@ def check_output_dir(path: str) -> None:
             raise PreflightError(f"--output-dir {path} is a file, not a folder (the study writes its table and figure there)")
         check_folder_writable(Path(path))
     except OSError as err:
-        raise PreflightError(f"output folder {path} is not writable: {_reason(err)}") from None
+        raise PreflightError(f"output folder {path} is not writable: {one_line(err)}") from None
 
 
 def check_data_cache(base: dict) -> None:
@@ -185,7 +186,7 @@ def check_data_cache(base: dict) -> None:
     try:
         check_folder_writable(folder)
     except OSError as err:
-        raise PreflightError(f"data_cache {folder} is not writable: {_reason(err)}") from None
+        raise PreflightError(f"data_cache {folder} is not writable: {one_line(err)}") from None
 
 
 def check_eval_folder(base: dict) -> None:
@@ -203,11 +204,7 @@ def check_eval_folder(base: dict) -> None:
     except DataError as err:
         raise PreflightError(str(err)) from None
     except OSError as err:  # what the loader does not expect either (a name too long, no permission)
-        raise PreflightError(f"XTD folder {folder}: {_reason(err)}") from None
-
-
-def _reason(err: OSError) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+        raise PreflightError(f"XTD folder {folder}: {one_line(err)}") from None
 
 
 # ---------------------------------------------------------------------------

@@ -56,6 +56,8 @@ from typing import Any, Optional
 import numpy as np
 from scipy import stats
 
+from trainables.atomic import atomic_file
+
 PENDING, DONE, FAILED = "pending", "done", "failed"
 
 
@@ -302,11 +304,8 @@ RACE_REPORT = "seed_race.json"
 
 def write_race_report(path: str, race: SeedRace) -> None:
     """Write ``race``'s state to ``path`` (JSON, replaced atomically)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(race.state(), f)
-    os.replace(tmp, path)
+    with atomic_file(path) as out:
+        out.write(json.dumps(race.state()).encode())
 
 
 def read_race_report(path: str) -> Optional[SeedRace]:

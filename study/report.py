@@ -16,6 +16,7 @@ from typing import Optional
 from study import console
 from study.answer import trial_queries
 from study.results import records_from_mlflow
+from trainables.errors import one_line
 from trainables.metric_names import SEARCHED_PARAMS, TARGET_METRIC
 from trainables.tracking import (
     TrackingError,
@@ -63,7 +64,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         console.error(str(err))
         return 2
     except Exception as err:  # noqa: BLE001 - e.g. an unknown --parent-run id
-        console.error(f"cannot read the study from {uri}: {' '.join(str(err).split())[:300]}")
+        console.error(f"cannot read the study from {uri}: {one_line(err)}")
         return 2
     records = records_from_mlflow(client, experiment.experiment_id, parent.info.run_id)
     out = Path(args.output_dir or Path("study_results") / args.experiment / "report").resolve()

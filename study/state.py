@@ -9,12 +9,12 @@ into the same runs instead of creating new ones.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from study.storage import StorageError, filesystem, is_uri, join
+from trainables.atomic import atomic_file
 from trainables.tracking import objectives_param
 
 STATE_FILE = "study.json"
@@ -88,10 +88,8 @@ def save_state(state: StudyState) -> None:
     target = state_path(state.storage_path, state.name)
     data = state.to_json().encode()
     if not is_uri(target):
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{target}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        with atomic_file(target) as out:
+            out.write(data)
         return
     fs, fs_path = filesystem(target)
     fs.create_dir(fs_path.rsplit("/", 1)[0], recursive=True)

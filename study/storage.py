@@ -14,6 +14,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from trainables.errors import one_line
+
 LOCK_FILE = ".study.lock"  # a local study's flock file (study.lock)
 LEASE_FILE = ".study.lease"  # the lease object on storage without flock (study.lock)
 
@@ -67,8 +69,7 @@ def check_writable(storage_path: str) -> None:
             out.write(b"ok")
         fs.delete_file(fs_probe)
     except Exception as err:  # noqa: BLE001 - any failure: not writable, say why
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise StorageError(f"storage path {storage_path} is not writable: {reason}") from None
+        raise StorageError(f"storage path {storage_path} is not writable: {one_line(err)}") from None
 
 
 def check_folder_writable(path: Path) -> None:

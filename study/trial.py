@@ -16,12 +16,12 @@ trained again: its final metrics are re-reported from MLflow.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from trainables.errors import failure_reason
 from trainables.metric_names import source_name, with_logged_aliases
 from trainables.tracking import (
     TAG_COMPLETED,
@@ -89,35 +89,6 @@ def order_metrics(metrics: Mapping[str, Any], first: tuple) -> dict:
     """A copy of ``metrics`` with the keys of ``first`` (those present) at the front."""
     head = {k: metrics[k] for k in first if k in metrics}
     return {**head, **{k: v for k, v in metrics.items() if k not in head}}
-
-
-def failure_reason(err: BaseException, limit: int = 500) -> str:
-    """One line saying why a trial failed (a ``TrialFailed.reason`` when there is one)."""
-    seen: set[int] = set()
-    current: Optional[BaseException] = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        reason = getattr(current, "reason", None)
-        if isinstance(reason, str) and reason.strip():
-            return _clip(reason, limit)
-        if type(current).__name__ == "TrialFailed" and str(current).strip():
-            return _clip(str(current), limit)  # trainables.driver.TrialFailed carries the root cause
-        current = current.__cause__ or current.__context__
-    return _clip(_last_error_line(err), limit)
-
-
-def _last_error_line(err: BaseException) -> str:
-    """The most specific ``SomeError: message`` line of a (possibly remote) traceback text."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Failed|Interrupt)\b", ln)]
-    if errors:
-        return errors[-1]
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-
-
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def run_trial(config: dict, ctx: TrialContext) -> None:

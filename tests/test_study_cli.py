@@ -30,7 +30,8 @@ from study.console import format_table, mlflow_ui_command, resume_command, summa
 from study.report import objectives_of
 from study.results import COMPLETED, FAILED, TrialRecord, best_record, pareto_front, table
 from study.state import StudyState, load_state, save_state
-from study.trial import failure_reason, order_metrics
+from study.trial import order_metrics
+from trainables.errors import TrialFailed, failure_reason
 from trainables.languages import FAMILIES
 
 
@@ -235,9 +236,6 @@ def test_objectives_are_read_back_from_the_parent_run():
 
 # --- small pieces ---------------------------------------------------------------------------------
 def test_failure_reason_is_one_line():
-    class TrialFailed(RuntimeError):
-        pass
-
     assert failure_reason(TrialFailed("FloatingPointError: non-finite loss")) == "FloatingPointError: non-finite loss"
     nested = RuntimeError("Traceback (most recent call last):\n  File x\nValueError: bad image 7\n")
     assert failure_reason(nested) == "ValueError: bad image 7"

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -19,6 +17,8 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from trainables.atomic import atomic_file
+from trainables.errors import one_line
 from trainables.languages import LANGUAGES
 
 log = logging.getLogger(__name__)
@@ -99,17 +99,10 @@ def cached_tokenize_set(data, tokenizer, cache: Path, languages: Sequence[str] =
                                          torch.from_numpy(saved["available"]), tuple(str(x) for x in saved["languages"]),
                                          skipped, float(saved["truncated_share"]))
         except Exception as err:  # noqa: BLE001 - an unusable cache is rebuilt, never used
-            log.warning("rebuilding the cached tokenised train set %s: %s", path, " ".join(str(err).split())[:200])
+            log.warning("rebuilding the cached tokenised train set %s: %s", path, one_line(err))
     out = tokenize_set(data, tokenizer.tokenize, languages)
     out.truncated_share = truncated_share([t for row in data.captions for t in row.values() if t], tokenizer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, key=np.array(key.hexdigest()), tokens=out.tokens.numpy(), available=out.available.numpy(),
-                     languages=np.array(out.languages), truncated_share=np.array(out.truncated_share))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as f:
+        np.savez(f, key=np.array(key.hexdigest()), tokens=out.tokens.numpy(), available=out.available.numpy(),
+                 languages=np.array(out.languages), truncated_share=np.array(out.truncated_share))
     return out

@@ -12,16 +12,13 @@ import os
 from typing import Any, Callable, Optional, Sequence
 
 from trainables.config import TrialConfig
+from trainables.errors import TrialFailed, root_cause
 
 # Faster detection of finished/failed worker groups: per-trial teardown drops from
 # about 6 s to about 1.5 s on a 2-core machine (Ray's default is 2 s). The one place this
 # value lives; study/cluster.py passes it on to Ray. setdefault: a user's value wins.
 HEALTH_CHECK_INTERVAL_S = "0.5"
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
-
-
-class TrialFailed(RuntimeError):
-    """A trial's training failed; the message carries the root cause."""
 
 
 def ray_worker_entry(payload: dict[str, Any]) -> None:
@@ -74,19 +71,9 @@ def fit_trial(config: TrialConfig, **kwargs):
     try:
         result = trainer.fit()
     except Exception as err:  # Ray wraps the worker's exception; surface its message
-        raise TrialFailed(_root_cause(err)) from err
+        raise TrialFailed(root_cause(err)) from err
     if getattr(result, "error", None) is not None:
-        raise TrialFailed(_root_cause(result.error))
+        raise TrialFailed(root_cause(result.error))
     return result
 
 
-def _root_cause(err: BaseException) -> str:
-    seen = err
-    while True:
-        nxt = getattr(seen, "cause", None) or seen.__cause__
-        if nxt is None or nxt is seen:
-            break
-        seen = nxt
-    text = str(seen).strip().splitlines()
-    last = text[-1] if text else ""
-    return f"{type(seen).__name__}: {last}" if last else type(seen).__name__

@@ -9,7 +9,6 @@ same loop runs in tests and under a profiler without Ray.
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -18,15 +17,15 @@ from typing import Any, Optional
 
 import torch
 
+from trainables.atomic import atomic_file
+
 CHECKPOINT_FILE = "state.pt"
 
 
 def save_checkpoint(state: dict[str, Any], directory: Path) -> Path:
     """Write a checkpoint state (tensors and plain Python only) to ``directory/state.pt``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (CHECKPOINT_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, directory / CHECKPOINT_FILE)  # a reader never sees half a file
+    with atomic_file(directory / CHECKPOINT_FILE) as out:  # a reader never sees half a file
+        torch.save(state, out)
     return directory / CHECKPOINT_FILE
 
 

@@ -45,16 +45,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
+
+from trainables.atomic import atomic_folder
+from trainables.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -155,23 +156,6 @@ def _prune_cjk_merges(tok, max_chars: int):
 
 
 # --------------------------------------------------------------------------- caches
-def _atomic_dir(folder: Path, write: Callable[[Path], None]) -> None:
-    """Write a folder through ``write(tmp)`` into a private temp folder, then rename it into place.
-    A folder another process renamed first is kept (same inputs, same content)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        tmp.chmod(0o755)
-        write(tmp)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / META_NAME).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def corpus_tokenizer_dir(cache: Path, captions: Sequence[dict], vocab_size: int = VOCAB_SIZE,
                          digest: Optional[str] = None) -> tuple[Path, str]:
     """``(folder, digest)`` of the cached corpus tokenizer of ``captions``; ``digest``: their
@@ -210,7 +194,7 @@ def build_corpus_tokenizer(cache: Path, captions: Sequence[dict], vocab_size: in
                 "recipe_version": RECIPE_VERSION}
         (tmp / META_NAME).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
 
-    _atomic_dir(folder, write)
+    atomic_folder(folder, write, done=META_NAME)  # another process's copy is the same tokenizer
     return folder
 
 
@@ -224,7 +208,7 @@ def _check_tokenizer_dir(folder: Path, digest: str) -> Optional[str]:
 
         vocab = Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size()
     except Exception as err:  # noqa: BLE001 - any unreadable cache is rebuilt
-        return f"unreadable ({type(err).__name__}: {' '.join(str(err).split())[:120]})"
+        return f"unreadable ({type(err).__name__}: {one_line(err)})"
     if meta.get("digest") != digest:
         return "it was trained on other captions"
     if meta.get("vocab_size") != vocab:

@@ -22,15 +22,14 @@ import colorsys
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from trainables.atomic import atomic_folder
 from trainables.config import TrialConfig
 from trainables.data.grammars import COLOURS, POSITIONS, SHAPES, SIZES, Mention, render_caption, template_count
 from trainables.data.types import ImageCaptionSet
@@ -215,27 +214,17 @@ def _load_train(path: Path) -> ImageCaptionSet:
 
 
 def _build_cache(config: TrialConfig, folder: Path) -> None:
-    """Generate into a private temp folder next to ``folder``, then rename it into place.
+    """Generate the data set into ``folder``, atomically; if another process built it first,
+    ours is discarded (both are identical: generation is deterministic)."""
 
-    The rename is atomic; if another process renamed its copy first, ours is discarded
-    (both are identical: generation is deterministic).
-    """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only
+    def write(tmp: Path) -> None:
         train, test = generate_synthetic(config.synthetic_train_size, config.synthetic_test_size,
                                          image_size=config.image_size, seed=config.data_seed)
         _save_train(train, tmp / "train.npz")
         write_xtd(test, tmp / "test")
         (tmp / "params.json").write_text(json.dumps(_params(config), indent=1) + "\n")
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "train.npz").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_folder(folder, write, done="train.npz")
 
 
 def load_synthetic(config: TrialConfig) -> tuple[ImageCaptionSet, Path]:
