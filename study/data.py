@@ -35,6 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
+from trainables.data.corpora import iter_manifest
+from trainables.data.shards import ShardWriter
+from trainables.data.types import DataError
+from trainables.data.xtd import _locate_images, _read_captions, _read_names, caption_file_name
+from trainables.languages import LANGUAGES
+
 XTD10_REPO = "adobe-research/Cross-lingual-Test-Dataset-XTD10"
 XTD10_COMMIT = "d77ff16148468c84287f3efcbf602a015c5e4954"
 XTD10_BASE_URL = f"https://raw.githubusercontent.com/{XTD10_REPO}/{XTD10_COMMIT}"
@@ -287,18 +293,12 @@ def _image_bytes(path: Path) -> Optional[bytes]:
 
 
 def _manifest_samples(manifest: Path) -> Iterator[tuple[str, Optional[Path], dict]]:
-    from trainables.data.corpora import iter_manifest
-
     for entry, _ in iter_manifest(manifest):
         yield entry.name, entry.image, entry.captions
 
 
 def _xtd_samples(folder: Path, images_dir: Optional[Path]) -> Iterator[tuple[str, Optional[Path], dict]]:
     """(name, image path or None, captions) of an XTD-layout folder, in every language it has a file for."""
-    from trainables.data.types import DataError
-    from trainables.data.xtd import _locate_images, _read_captions, _read_names, caption_file_name
-    from trainables.languages import LANGUAGES
-
     names = _read_names(folder)
     langs = [lang for lang in LANGUAGES if (folder / caption_file_name(lang)).is_file()
              or (folder / f"test_1kcaptions_{lang}.txt").is_file()]
@@ -314,8 +314,6 @@ def _xtd_samples(folder: Path, images_dir: Optional[Path]) -> Iterator[tuple[str
 def convert_to_shards(samples: Iterator[tuple[str, Optional[Path], dict]], dest: Path, *,
                       per_shard: int = 1000, prefix: str = "shard") -> Conversion:
     """Write (name, image path, captions) samples as shards; missing/unreadable images are skipped and counted."""
-    from trainables.data.shards import ShardWriter
-
     result = Conversion(shards=[], samples=0)
     with ShardWriter(dest, per_shard=per_shard, prefix=prefix) as writer:
         for name, path, captions in samples:
@@ -359,8 +357,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``python -m study.data``; errors are one line on stderr, exit code 2."""
-    from trainables.data.types import DataError
-
     args = _parser().parse_args(argv)
     try:
         if args.command == "xtd10":

@@ -284,7 +284,7 @@ _MODELS_CHECKED: dict = {}  # (model, pretrained) -> open_clip model name
 def _check_model(config: TrialConfig) -> None:
     """ConfigError when open_clip does not know ``config.model`` or its ``pretrained`` tag (cached),
     or when the model cannot take ``config``'s image size or context length."""
-    from trainables.model import resolve_model_name
+    from trainables.model import resolve_model_name  # torch and open_clip (~2 s): for specs that parse
 
     key = (config.model, config.pretrained)
     if key not in _MODELS_CHECKED:
@@ -329,7 +329,7 @@ def check_model_limits(config: TrialConfig, model_name: str) -> None:
     * ``context_length`` with a model that uses its own tokenizer: the model's text context
       is fixed, so another value would be silently ignored.
     """
-    import open_clip
+    import open_clip  # see _check_model
 
     model_cfg = open_clip.get_model_config(model_name) or {}
     smallest, unit = _smallest_image(model_cfg.get("vision_cfg") or {})
@@ -360,7 +360,7 @@ def _smallest_image(vision: dict) -> tuple[int, str]:
 @lru_cache(maxsize=1)
 def _evaluation_names() -> frozenset:
     """Every name :func:`trainables.evaluate.evaluate_embeddings` reports for the XTD languages (k=100)."""
-    import torch
+    import torch  # ~1 s: only a study that names its metrics pays it, after the cheap checks
 
     from trainables.evaluate import evaluate_embeddings
     from trainables.languages import LANGUAGES

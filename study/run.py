@@ -17,18 +17,28 @@ import argparse
 import logging
 import os
 import warnings
+from contextlib import nullcontext
 from typing import Callable, Optional
 
+from search_spaces import available_spaces
 from study import console
-from study.cluster import ClusterError
+from study.cluster import ClusterError, local_cluster_slot, running_ray_instances
 from study.console import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, plan_text
-from study.lock import LockError
+from study.lock import LockError, describe_holder, hold_study, study_holder
 from study.preflight import PreflightError, check_flag_text
-from study.prepare import DEFAULT_OUTPUT_ROOT, DEFAULT_SPACE, DEFAULT_STORAGE, exists_error, fit_name, prepare_new, prepare_resume
+from study.prepare import (
+    DEFAULT_OUTPUT_ROOT,
+    DEFAULT_SPACE,
+    DEFAULT_STORAGE,
+    exists_error,
+    fit_name,
+    prepare_new,
+    prepare_resume,
+)
 from study.spaces import SearchSpace, SpaceError
 from study.state import StudyState
 from study.storage import StorageError, experiment_exists
-from trainables.config import ConfigError
+from trainables.config import ConfigError, describe_fields
 from trainables.driver import fit_trial
 from trainables.tracking import TrackingError
 
@@ -99,13 +109,9 @@ def main(argv: Optional[list[str]] = None, *, fit: Optional[Callable] = None) ->
         return int(done.code or 0)
     _quiet_libraries()
     if args.list_spaces:
-        from search_spaces import available_spaces
-
         console.say("\n".join(available_spaces()))
         return EXIT_OK
     if args.list_fields:
-        from trainables.config import describe_fields
-
         rows = describe_fields()
         widths = [max(len(r[i]) for r in rows) for i in range(2)]
         console.say("\n".join(f"{n:<{widths[0]}}  {t:<{widths[1]}}  default {d}\n    {m}" for n, t, d, m in rows))
@@ -136,11 +142,7 @@ def one_line(message: str) -> str:
 
 def run_held(state: StudyState, space: SearchSpace, args: argparse.Namespace, fit: Callable = fit_trial) -> int:
     """Run the prepared study holding its lock and, without --address, the machine's local-cluster slot."""
-    from contextlib import nullcontext
-
-    from study.cluster import local_cluster_slot
-    from study.execute import run_study
-    from study.lock import hold_study
+    from study.execute import run_study  # imports Ray Tune (~0.8 s), which a refused input never needs
 
     with hold_study(state.storage_path, state.name, say=console.say):
         if not args.resume and experiment_exists(state.storage_path, state.name):
@@ -151,9 +153,6 @@ def run_held(state: StudyState, space: SearchSpace, args: argparse.Namespace, fi
 
 def start_notes(state: StudyState, args: argparse.Namespace) -> list[str]:
     """What would refuse a start right now, though the input is fine (for --dry-run)."""
-    from study.cluster import running_ray_instances
-    from study.lock import describe_holder, study_holder
-
     notes = []
     holder = study_holder(state.storage_path, state.name)
     if holder is not None:

@@ -19,8 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from trainables.config import TrialConfig
 from trainables.errors import failure_reason
 from trainables.metric_names import source_name, with_logged_aliases
 from trainables.tracking import (
@@ -93,9 +95,6 @@ def order_metrics(metrics: Mapping[str, Any], first: tuple) -> dict:
 
 def run_trial(config: dict, ctx: TrialContext) -> None:
     """The Tune function: build the trial config, fit it, keep its MLflow run consistent."""
-    import ray.tune
-    from trainables.config import TrialConfig
-
     trial_id = ray.tune.get_context().get_trial_id()
     info = TrackingInfo(
         tracking_uri=ctx.tracking_uri,

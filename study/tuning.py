@@ -28,6 +28,7 @@ from study.race import RACE_REPORT, SeedRace, write_race_report
 from study.spaces import SearchSpace
 from study.state import StudyState, join
 from study.trial import TrialContext, run_trial
+from trainables.languages import FAMILIES
 from trainables.metric_names import BIAS_METRIC, FAMILY_METRIC, LOSS_METRIC, logged_name
 
 # Shown first in Tune's progress table (it shows the first few metrics of a result), under the
@@ -75,8 +76,6 @@ def build_trainable(state: StudyState, capacity: Capacity, fit: Callable) -> Any
 def progress_metrics(first: tuple) -> list[str]:
     """The metrics of a trial's result box: objectives, bias, loss, composition, mAP@100 per family
     (short names: ``multi/sinitic``)."""
-    from trainables.languages import FAMILIES
-
     families = [logged_name(FAMILY_METRIC.format(f)) for f in FAMILIES]
     return list(dict.fromkeys(["epoch", *first, logged_name("composition/mono_share"), *families]))
 

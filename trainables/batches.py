@@ -20,6 +20,7 @@ import torch
 from trainables.atomic import atomic_file
 from trainables.errors import one_line
 from trainables.languages import LANGUAGES
+from trainables.tokenizer import captions_digest, truncated_share
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,6 @@ def cached_tokenize_set(data, tokenizer, cache: Path, languages: Sequence[str] =
     Also measures the share of captions longer than the context; a share above 0 is logged as a
     warning. A cache file that does not load or does not match is rebuilt, with one warning line.
     """
-    from trainables.tokenizer import captions_digest, truncated_share
-
     key = hashlib.sha256(json.dumps([tokenizer.key, digest or captions_digest(data.captions), list(languages)]).encode())
     path = Path(cache) / "text" / f"tokens-{key.hexdigest()[:16]}.npz"
     skipped = dict(getattr(data, "skipped", {}) or {})

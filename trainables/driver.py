@@ -24,6 +24,7 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL
 def ray_worker_entry(payload: dict[str, Any]) -> None:
     """What Ray Train runs on every worker: train ``payload["config"]`` (the trial's TrialConfig,
     as built and validated once by the trial) in a Ray Train session."""
+    # On the worker only: the driver (imported by the study's CLI) never loads torch's training stack
     from trainables.session import RaySession
     from trainables.train import train_worker
 

@@ -27,7 +27,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from trainables import tokenizer as tk
 from trainables.config import ConfigError, TrialConfig
+from trainables.data.sources import load_train_set
+from trainables.data.synthetic import cache_root
 from trainables.loss import set_logit_scale_
 from trainables.tokenizer import TextTokenizer
 
@@ -85,14 +88,9 @@ def make_tokenizer(config: TrialConfig, captions=None, digest=None) -> TextToken
     ``config``'s training split), once, and cached (:func:`trainables.tokenizer.build_corpus_tokenizer`);
     ``digest``: their :func:`~trainables.tokenizer.captions_digest`, if the caller has it.
     """
-    from trainables import tokenizer as tk
-
     name = resolve_model_name(config)
     kind = config.text_tokenizer
     if kind == "corpus":
-        from trainables.data.sources import load_train_set
-        from trainables.data.synthetic import cache_root
-
         if captions is None:
             captions = load_train_set(config)[0].captions
         folder = tk.build_corpus_tokenizer(cache_root(config), captions, config.tokenizer_vocab,

@@ -43,6 +43,8 @@ import torch
 from trainables.composition import (ComposerError, MissingCaptionError, canonical_languages, check_train_languages,
                                     compose_step, language_weights, missing_caption_message, redraw_languages)
 from trainables.config import TrialConfig
+from trainables.data.shards import ShardStream, count_samples, expand_shards
+from trainables.data.types import DataError
 
 SKIP_KEYS = ("missing_images", "unreadable_images", "no_train_caption", "stream_dropped")
 
@@ -212,8 +214,6 @@ class StreamTrainSet:
 
     def __init__(self, config: TrialConfig, tokenize: Callable[[list[str]], torch.Tensor], rank: int,
                  world_size: int) -> None:
-        from trainables.data.shards import ShardStream, count_samples, expand_shards
-
         shards = expand_shards(config.train_data)
         self.num_samples = sum(count_samples(shard) for shard in shards)  # headers only; rejects corrupt shards
         if self.num_samples < config.batch_size:
@@ -228,7 +228,6 @@ class StreamTrainSet:
         """Decoded usable samples of ``passes`` passes; the others are counted in ``skipped``."""
         from torch.utils.data import DataLoader
 
-        from trainables.data.types import DataError
 
         redraw = self.config.missing_caption_policy == "redraw"  # under "error" the composer names the sample
         for index in range(passes):

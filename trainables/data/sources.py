@@ -22,6 +22,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainables.config import ConfigError, TrialConfig
+from trainables.data.corpora import read_manifest
+from trainables.data.shards import is_shard_spec
+from trainables.data.shards import load_shards
+from trainables.data.synthetic import load_synthetic
 from trainables.data.types import ImageCaptionSet
 
 SYNTHETIC = "synthetic"
@@ -30,8 +34,6 @@ MANIFEST_SUFFIXES = (".jsonl",)
 
 def train_data_kind(train_data: str) -> str:
     """``synthetic``, ``manifest`` or ``shards`` for a ``train_data`` value; ConfigError otherwise."""
-    from trainables.data.shards import is_shard_spec
-
     if train_data == SYNTHETIC:
         return "synthetic"
     if str(train_data).endswith(MANIFEST_SUFFIXES):
@@ -64,18 +66,12 @@ def load_train_set(config: TrialConfig) -> tuple[ImageCaptionSet, Path]:
     """
     kind = train_data_kind(config.train_data)
     if kind == "synthetic":
-        from trainables.data.synthetic import load_synthetic
-
         return load_synthetic(config)
     check_eval_data(config)
     if kind == "manifest":
-        from trainables.data.corpora import read_manifest
-
         data = read_manifest(config.train_data, image_size=config.image_size,
                              unreadable_policy=config.unreadable_image_policy)
     else:
-        from trainables.data.shards import load_shards
-
         data = load_shards(config.train_data, image_size=config.image_size,
                            unreadable_policy=config.unreadable_image_policy)
     return data, Path(config.eval_data)
