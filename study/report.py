@@ -17,14 +17,8 @@ from study import console
 from study.answer import trial_queries
 from study.results import records_from_mlflow
 from trainables.metric_names import SEARCHED_PARAMS, TARGET_METRIC
-from trainables.tracking import (
-    TrackingError,
-    check_tracking_uri,
-    client_for,
-    find_parent_run,
-    objectives_from_param,
-    resolve_tracking_uri,
-)
+from study.parent_run import find_parent_run, objectives_from_param
+from trainables.mlflow_store import TrackingError, check_tracking_uri, client_for, resolve_tracking_uri
 
 DEFAULT_OBJECTIVES = [{"metric": TARGET_METRIC, "mode": "max"}]
 

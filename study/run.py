@@ -60,7 +60,7 @@ from study.state import (
 )
 from trainables.config import ConfigError, TrialConfig
 from trainables.driver import fit_trial
-from trainables.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
+from trainables.mlflow_store import TrackingError, check_tracking_uri, resolve_tracking_uri
 
 DEFAULT_SPACE = "ratio_only"
 DEFAULT_STORAGE = "ray_results"
