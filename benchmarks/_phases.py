@@ -128,12 +128,12 @@ class PhaseLoop:
         recorder = Recorder(self.folder, self.trial)
         recorder.mark("worker loop start")  # cpu: the worker process's CPU from its start to here
         recorder.time_imports()
-        from trainables import tracking
+        from trainables import trial_run
 
         for module, attr, phase in WORKER_PHASES:
             recorder.wrap(module, attr, phase)
         for method in TRIAL_RUN_METHODS:
-            setattr(tracking.TrialRun, method, recorder.timed("MLflow (worker)", getattr(tracking.TrialRun, method)))
+            setattr(trial_run.TrialRun, method, recorder.timed("MLflow (worker)", getattr(trial_run.TrialRun, method)))
         from trainables.session import RaySession
 
         session = RaySession(payload["config"].use_gpu)

@@ -98,11 +98,12 @@ def trial_timeline(client: Any, run: Any) -> dict[str, Any]:
 
 def read_timelines(workdir: Path, name: str) -> tuple[float, list[dict[str, Any]]]:
     """The parent run's start time and every child's timeline, in start order, from MLflow."""
-    from trainables.tracking import TAG_PARENT, TAG_ROLE, client_for
+    from trainables.mlflow_layout import ROLE_STUDY, TAG_PARENT, TAG_ROLE
+    from trainables.mlflow_store import client_for
 
     client = client_for(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(name)
-    parent = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{TAG_ROLE}` = 'study'")[0]
+    parent = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{TAG_ROLE}` = '{ROLE_STUDY}'")[0]
     children = client.search_runs([experiment.experiment_id],
                                   filter_string=f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'")
     timelines = sorted((trial_timeline(client, run) for run in children), key=lambda t: t["start"])

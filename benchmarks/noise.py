@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import add_run_args, load_line, print_table, save_json
+from trainables import per_query
 
 # name -> TrialConfig fields over TrialConfig's defaults (5 x 100 steps of batch 64, lr 1e-3, 100 warm-up
 # steps, temperature 0.07 learned). Every recipe is evaluated once, after its last step.
@@ -80,9 +81,9 @@ def run_one(job: tuple) -> dict[str, Any]:
 
     def keep_queries(*args, **kwargs):  # the study keeps the final evaluation's per-query arrays; so do we
         metrics = evaluate(*args, **kwargs)
-        per_query = args[5] if len(args) > 5 else kwargs.get("per_query")
-        if per_query:
-            captured.update(per_query)
+        arrays = args[5] if len(args) > 5 else kwargs.get("per_query")
+        if arrays:
+            captured.update(arrays)
         return metrics
 
     train.evaluate = keep_queries
@@ -97,7 +98,7 @@ def run_one(job: tuple) -> dict[str, Any]:
 
     train.train_worker(config, Recorder())
     name = f"{recipe}_r{ratio:g}_s{seed}"
-    np.savez_compressed(Path(out) / f"{name}.npz", **captured)
+    per_query.write(Path(out) / f"{name}.npz", captured)
     row = {"recipe": recipe, "ratio": ratio, "seed": seed, "objective": final[OBJECTIVE], "bias": final[BIAS],
            "train_cpu_s": cpu[0], "eval_s": final["eval/time_s"], "steps": config.epochs * config.steps_per_epoch}
     with open(Path(out) / "runs.jsonl", "a", encoding="utf-8") as fh:

@@ -1,6 +1,6 @@
 """The study's answer with its uncertainty, from each trial's per-query AP@100 arrays.
 
-Input (one ``per_query_ap.npz`` per trial, written with :func:`save_trial_queries`):
+Input (one ``per_query_ap.npz`` per trial, written by :func:`trainables.per_query.write`):
 ``monolingual.t2i.{l}``, ``monolingual.i2t.{l}``, ``crosslingual.{a}-{b}``,
 ``multilingual.i2t``, ``multilingual.t2t.{l}`` (float [Q], AP@100 of each query),
 ``bias.ranks`` (int [Q, L], rank of image q's caption in language j over the whole
@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -71,13 +70,16 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from scipy import stats
 
+from study.mlflow_runs import children_of, download_artifact
+from trainables import per_query
 from trainables.languages import FAMILIES, LANGUAGES, family_of
+from trainables.mlflow_layout import COMPLETED, PER_QUERY_FILE
+from trainables.per_query import IMAGE_SUFFIX
 
 SETTINGS = ("monolingual", "crosslingual", "multilingual", "bias")
 OBJECTIVE = ("multilingual", "i2t+t2t")
 COLUMNS = ("setting", "family", "ratio", "mean", "ci_low", "ci_high", "n_seeds")
 LOWER_IS_BETTER = frozenset({"bias"})
-IMAGE_SUFFIX = "@image"
 _FAMILY_ORDER = (*FAMILIES, "all", "i2t+t2t")
 
 Value = Union[float, np.ndarray]
@@ -98,37 +100,8 @@ class TrialQueries:
 
 
 def load_trial_queries(path: Union[str, Path], trial_id: str, ratio: float, seed: int) -> TrialQueries:
-    """Read a trial's ``per_query_ap.npz`` (no pickles) into a :class:`TrialQueries`."""
-    with np.load(path, allow_pickle=False) as npz:
-        arrays = {key: npz[key] for key in npz.files}
-    return TrialQueries(trial_id=str(trial_id), ratio=float(ratio), seed=int(seed), arrays=arrays)
-
-
-def save_trial_queries(path: Union[str, Path], arrays: dict) -> Path:
-    """Write ``arrays`` (key -> array, the layout above) to ``path`` as an npz, atomically.
-
-    The file is written to a temporary file in the same folder and moved into place with
-    ``os.replace``, so a reader never sees a partial file. Raises ValueError when an
-    array key lacks its ``@image`` companion or their lengths differ.
-    """
-    for key, value in arrays.items():
-        if key.endswith(IMAGE_SUFFIX) or key == "bias.languages":
-            continue
-        image = arrays.get(key + IMAGE_SUFFIX)
-        if image is None or len(image) != len(value):
-            raise ValueError(f"{key!r} needs an {key + IMAGE_SUFFIX!r} array of the same length")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Read a trial's ``per_query_ap.npz`` (:func:`trainables.per_query.load`) into a :class:`TrialQueries`."""
+    return TrialQueries(trial_id=str(trial_id), ratio=float(ratio), seed=int(seed), arrays=per_query.load(path))
 
 
 # ---------------------------------------------------------------------------
@@ -136,10 +109,8 @@ def save_trial_queries(path: Union[str, Path], arrays: dict) -> Path:
 # ---------------------------------------------------------------------------
 def trial_queries(client, experiment_id: str, parent_run_id: str, records: Sequence) -> list[TrialQueries]:
     """The per-query arrays of a study's completed trials (``records``: ``trial_id``, ``status``,
-    ``params``), from their child runs' :data:`~trainables.tracking.PER_QUERY_FILE`; trials
+    ``params``), from their child runs' :data:`~trainables.mlflow_layout.PER_QUERY_FILE`; trials
     without the artifact (an older or a stand-in trial) are left out."""
-    from trainables.tracking import COMPLETED, PER_QUERY_FILE, children_of, download_artifact
-
     runs, out = children_of(client, experiment_id, parent_run_id), []
     with tempfile.TemporaryDirectory() as folder:
         for record in records:

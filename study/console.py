@@ -29,18 +29,13 @@ from study.results import (
     write_csv,
 )
 from trainables.metric_names import SEARCHED_PARAMS
+from trainables.mlflow_layout import ANSWER_CSV, ANSWER_MD, BEST_NAME, CSV_NAME, FIGURE_NAME, PARETO_FIGURE_NAME
 
 if TYPE_CHECKING:  # pragma: no cover
     from study.spaces import SearchSpace
     from study.state import StudyState
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130  # the exit codes of study.run
-CSV_NAME = "trials.csv"
-FIGURE_NAME = "map100_by_family_vs_ratio.png"
-ANSWER_CSV = "answer.csv"
-ANSWER_MD = "answer.md"
-PARETO_FIGURE_NAME = "pareto_front.png"
-BEST_NAME = "best_config.json"
 
 
 def error(message: str) -> None:

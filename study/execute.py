@@ -31,10 +31,7 @@ from study.state import StudyState, describe, save_state
 from study.storage import is_uri
 from study.race import RACE_REPORT, read_race_report, write_race_report
 from study.tuning import build_tuner, can_restore, restore_tuner
-from trainables.tracking import (
-    TrackingError,
-    TrackingInfo,
-    client_for,
+from study.parent_run import (
     close_parent_run,
     ensure_experiment,
     failure_reasons,
@@ -43,6 +40,9 @@ from trainables.tracking import (
     reopen_parent_run,
     start_parent_run,
 )
+from trainables.mlflow_layout import BASE_CONFIG_FILE, SPACE_FILE
+from trainables.mlflow_store import TrackingError, client_for
+from trainables.trial_run import TrackingInfo
 
 
 def run_study(state: StudyState, space: SearchSpace, args: Any, fit: Callable) -> int:
@@ -119,7 +119,7 @@ def open_tracking(client: Any, state: StudyState, resumed: bool) -> None:
             reopen_parent_run(client, state.parent_run_id)
             return
         state.experiment_id = ensure_experiment(client, state.name)
-        files = {"space.json": state.space.get("raw", {}), "base_config.json": state.base_config}
+        files = {SPACE_FILE: state.space.get("raw", {}), BASE_CONFIG_FILE: state.base_config}
         state.parent_run_id = start_parent_run(client, state.experiment_id, state.name, str(state.space.get("name")),
                                                describe(state), files)
     except TrackingError:

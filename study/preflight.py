@@ -22,16 +22,18 @@ import math
 import os
 import re
 from dataclasses import replace
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Collection, Optional
+from typing import Any, Collection, Iterator, Optional
 
 from study.spaces import SearchSpace, SpaceError, read_space, validation_points
 from study.storage import check_folder_writable
 from trainables.config import ConfigError, TrialConfig, is_seed
 from trainables.errors import one_line
 from trainables.metric_names import HEADLINES, source_name
+from trainables.mlflow_store import TrackingError, sqlite_path
 
 MAX_NAME_LENGTH = 100  # a folder name (255 bytes at most) with room for Tune's and Ray Train's suffixes
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -205,6 +207,56 @@ def check_eval_folder(base: dict) -> None:
         raise PreflightError(str(err)) from None
     except OSError as err:  # what the loader does not expect either (a name too long, no permission)
         raise PreflightError(f"XTD folder {folder}: {one_line(err)}") from None
+
+
+# ---------------------------------------------------------------------------
+# The MLflow tracking URI
+# ---------------------------------------------------------------------------
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+@contextmanager
+def _quick_http(timeout_s: float) -> Iterator[None]:
+    """Temporarily make MLflow's HTTP client fail fast (no retries, short timeout)."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(max(1, timeout_s)))}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """TrackingError unless ``uri`` can be used: a sqlite database whose folder exists and takes a
+    new file, and which, when it exists, is an SQLite file this process can write; any other
+    store answers a query within ``timeout_s``. Nothing is created."""
+    db = sqlite_path(uri)
+    if db is not None:
+        folder = db.parent
+        if not folder.is_dir():
+            raise TrackingError(f"MLflow tracking URI {uri}: folder {folder} does not exist")
+        try:
+            check_folder_writable(folder)
+            if db.exists():
+                with open(db, "r+b") as f:  # opening for writing is the test: os.access answers yes to root
+                    header = f.read(len(SQLITE_HEADER))
+                if header and header != SQLITE_HEADER:
+                    raise TrackingError(f"MLflow tracking URI {uri}: {db} is not an SQLite database")
+        except OSError as err:
+            raise TrackingError(f"MLflow tracking URI {uri}: {db} is not writable ({one_line(err)})") from None
+        return
+    from mlflow import MlflowClient  # ~1 s; only a study tracked on a server pays it here
+
+    try:
+        with _quick_http(timeout_s):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 - any failure means unusable; say why in one line
+        raise TrackingError(f"MLflow tracking URI {uri} is unusable: {one_line(err)}") from None
 
 
 # ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from study.preflight import (
     check_output_dir,
     check_resource,
     check_search_flags,
+    check_tracking_uri,
     check_seed,
     eval_ks,
     is_local_path,
@@ -39,7 +40,7 @@ from study.state import StudyState, load_state
 from study.storage import check_writable, experiment_exists, resolve_storage_path
 from trainables.config import TrialConfig
 from trainables.driver import fit_trial
-from trainables.tracking import check_tracking_uri, resolve_tracking_uri
+from trainables.mlflow_store import resolve_tracking_uri
 
 DEFAULT_SPACE = "ratio_only"
 DEFAULT_STORAGE = "ray_results"

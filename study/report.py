@@ -15,17 +15,12 @@ from typing import Optional
 
 from study import console
 from study.answer import trial_queries
+from study.parent_run import find_parent_run, objectives_from_param
+from study.preflight import check_tracking_uri
 from study.results import records_from_mlflow
 from trainables.errors import one_line
 from trainables.metric_names import SEARCHED_PARAMS, TARGET_METRIC
-from trainables.tracking import (
-    TrackingError,
-    check_tracking_uri,
-    client_for,
-    find_parent_run,
-    objectives_from_param,
-    resolve_tracking_uri,
-)
+from trainables.mlflow_store import TrackingError, client_for, resolve_tracking_uri
 
 DEFAULT_OBJECTIVES = [{"metric": TARGET_METRIC, "mode": "max"}]
 

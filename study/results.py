@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from study.mlflow_runs import trial_runs
 from trainables.languages import FAMILIES
 from trainables.metric_names import (
     BIAS_METRIC,
@@ -22,7 +23,8 @@ from trainables.metric_names import (
     source_name,
     to_source_names,
 )
-from trainables.tracking import COMPLETED, EARLY_STOPPED, FAILED, UNFINISHED, clean_metrics, trial_runs
+from trainables.mlflow_layout import COMPLETED, EARLY_STOPPED, FAILED, UNFINISHED
+from trainables.trial_run import clean_metrics
 
 
 @dataclass
@@ -86,7 +88,7 @@ def _trial_id_from_path(path: Optional[str]) -> str:
 
 def records_from_mlflow(client: Any, experiment_id: str, parent_run_id: str) -> list[TrialRecord]:
     """Records from the child runs of a study's parent run (nothing but MLflow needed; read by
-    :func:`trainables.tracking.trial_runs`)."""
+    :func:`study.mlflow_runs.trial_runs`)."""
     return sort_records(TrialRecord(r.trial_id, r.status, r.params, r.metrics, r.epochs_done, r.reason)
                         for r in trial_runs(client, experiment_id, parent_run_id))
 

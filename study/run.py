@@ -40,7 +40,7 @@ from study.state import StudyState
 from study.storage import StorageError, experiment_exists
 from trainables.config import ConfigError, describe_fields
 from trainables.driver import fit_trial
-from trainables.tracking import TrackingError
+from trainables.mlflow_store import TrackingError
 
 BAD_INPUT = (SpaceError, ConfigError, StorageError, TrackingError, ClusterError, PreflightError, LockError)
 

@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from study.parent_run import objectives_param
 from study.storage import StorageError, filesystem, is_uri, join
+from trainables import mlflow_layout as layout
 from trainables.atomic import atomic_file
-from trainables.tracking import objectives_param
 
 STATE_FILE = "study.json"
 STATE_VERSION = 1
@@ -118,21 +119,21 @@ def load_state(storage_path: str, name: str) -> Optional[StudyState]:
 
 
 def describe(state: StudyState) -> dict[str, Any]:
-    """Search settings worth logging as parent-run params."""
+    """Search settings worth logging as parent-run params (named in :mod:`trainables.mlflow_layout`)."""
     return {
-        "space": state.space.get("name"),
-        "space_source": state.space.get("source"),
-        "objectives": objectives_param(state.objectives),
-        "num_trials": state.num_trials,
-        "num_samples": state.num_samples,
-        "max_concurrent": state.max_concurrent,
-        "workers_per_trial": state.workers_per_trial,
-        "cpus_per_worker": state.cpus_per_worker,
-        "gpus_per_worker": state.gpus_per_worker,
-        "scheduler": state.scheduler,
-        "searcher": "grid" if state.space.get("algorithm") == "grid" else "optuna-tpe",
-        "seed": state.seed,
-        "max_failures": state.max_failures,
-        "fit": state.fit,
-        "storage_path": state.storage_path,
+        layout.PARAM_SPACE: state.space.get("name"),
+        layout.PARAM_SPACE_SOURCE: state.space.get("source"),
+        layout.PARAM_OBJECTIVES: objectives_param(state.objectives),
+        layout.PARAM_NUM_TRIALS: state.num_trials,
+        layout.PARAM_NUM_SAMPLES: state.num_samples,
+        layout.PARAM_MAX_CONCURRENT: state.max_concurrent,
+        layout.PARAM_WORKERS_PER_TRIAL: state.workers_per_trial,
+        layout.PARAM_CPUS_PER_WORKER: state.cpus_per_worker,
+        layout.PARAM_GPUS_PER_WORKER: state.gpus_per_worker,
+        layout.PARAM_SCHEDULER: state.scheduler,
+        layout.PARAM_SEARCHER: "grid" if state.space.get("algorithm") == "grid" else "optuna-tpe",
+        layout.PARAM_SEED: state.seed,
+        layout.PARAM_MAX_FAILURES: state.max_failures,
+        layout.PARAM_FIT: state.fit,
+        layout.PARAM_STORAGE_PATH: state.storage_path,
     }

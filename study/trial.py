@@ -22,20 +22,14 @@ from typing import Any, Callable, Mapping
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from study.mlflow_runs import read_trial_run
+from study.parent_run import finish_if_running, mark_trial_completed
 from trainables.config import TrialConfig
 from trainables.errors import failure_reason
 from trainables.metric_names import source_name, with_logged_aliases
-from trainables.tracking import (
-    TAG_COMPLETED,
-    TrackingInfo,
-    client_for,
-    end_trial_run,
-    finish_if_running,
-    mark_trial_completed,
-    open_trial_run,
-    read_trial_run,
-    trial_run_name,
-)
+from trainables.mlflow_layout import TAG_COMPLETED, trial_run_name
+from trainables.mlflow_store import client_for
+from trainables.trial_run import TrackingInfo, end_trial_run, open_trial_run
 
 
 @dataclass(frozen=True)
@@ -44,7 +38,7 @@ class TrialContext:
 
     ``fit`` fits one trial (contract of :func:`trainables.driver.fit_trial`, the default): it is
     called with the trial's :class:`~trainables.config.TrialConfig`, its Ray Train run name and
-    storage, its MLflow :class:`~trainables.tracking.TrackingInfo`, the Tune report callbacks,
+    storage, its MLflow :class:`~trainables.trial_run.TrackingInfo`, the Tune report callbacks,
     ``max_failures`` and the resources of each worker.
     """
 

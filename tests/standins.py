@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 from trainables.config import TrialConfig
 from trainables.languages import FAMILIES, LANGUAGE_FAMILIES
-from trainables.tracking import TrackingInfo, TrialRun
+from trainables.trial_run import TrackingInfo, TrialRun
 
 REPO = Path(__file__).resolve().parents[1]
 

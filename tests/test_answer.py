@@ -16,11 +16,11 @@ from study.answer import (
     metric_values,
     paired_difference,
     plot_answer,
-    save_trial_queries,
     write_answer_csv,
 )
 from tests.standins import FAMILY_OPTIMA
 from trainables.languages import FAMILIES, languages_in
+from trainables.per_query import write as save_trial_queries
 
 N = 4  # test images of the tiny fixture
 LANGS = ("en", "de", "fr")  # germanic, germanic, romance

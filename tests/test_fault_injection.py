@@ -36,15 +36,9 @@ import ray
 
 from trainables.config import TrialConfig
 from trainables.metric_names import TARGET_METRIC, logged_name
-from trainables.tracking import (
-    TAG_COMPLETED,
-    TAG_PARENT,
-    TAG_REASON,
-    TAG_ROLE,
-    TAG_TRIAL_ID,
-    TrackingInfo,
-    client_for,
-)
+from trainables.mlflow_layout import TAG_COMPLETED, TAG_PARENT, TAG_REASON, TAG_ROLE, TAG_TRIAL_ID
+from trainables.mlflow_store import client_for
+from trainables.trial_run import TrackingInfo
 from tests.standins import MarkedWorker, repo_env, standin_command
 
 pytestmark = pytest.mark.slow

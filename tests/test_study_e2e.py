@@ -25,7 +25,7 @@ import pytest
 from tests.standins import repo_env, standin_command
 from trainables.languages import FAMILIES
 from trainables.metric_names import FAMILY_METRIC, MAX_LOGGED_METRICS, TARGET_METRIC, logged_name
-from trainables.tracking import (
+from trainables.mlflow_layout import (
     FULL_METRICS_FILE,
     PER_QUERY_FILE,
     TAG_COMPLETED,
@@ -33,8 +33,8 @@ from trainables.tracking import (
     TAG_REASON,
     TAG_ROLE,
     TAG_TRIAL_ID,
-    client_for,
 )
+from trainables.mlflow_store import client_for
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 600

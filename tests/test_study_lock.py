@@ -31,7 +31,8 @@ import pytest
 from study.lock import LOCK_FILE, Held, Lease, LockError, hold_study, holder_record, study_holder
 from study.storage import experiment_exists
 from tests.standins import repo_env, standin_command
-from trainables.tracking import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID, client_for
+from trainables.mlflow_layout import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID
+from trainables.mlflow_store import client_for
 
 HOST = socket.gethostname()
 HOLD = ("import sys, time\nfrom study.lock import hold_study\n"

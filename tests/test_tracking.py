@@ -12,25 +12,17 @@ import pytest
 
 from trainables.config import TrialConfig
 from trainables.metric_names import MAX_LOGGED_METRICS
-from trainables.tracking import (
-    FULL_METRICS_FILE,
-    TAG_PARENT,
-    TAG_REASON,
-    TAG_TRIAL_ID,
-    TrackingError,
+from trainables.mlflow_layout import FULL_METRICS_FILE, TAG_PARENT, TAG_REASON, TAG_TRIAL_ID, mlflow_metric_key, trial_run_name
+from study.preflight import check_tracking_uri
+from trainables.mlflow_store import TrackingError, client_for, prepare_store, resolve_tracking_uri
+from trainables.trial_run import (
     TrackingInfo,
     TrialRun,
-    check_tracking_uri,
     clean_metrics,
-    client_for,
     config_params,
     find_trial_run,
     last_logged_step,
-    mlflow_metric_key,
-    prepare_store,
     read_full_metrics,
-    resolve_tracking_uri,
-    trial_run_name,
 )
 
 
@@ -90,7 +82,7 @@ def _tables(db) -> set[str]:
 
 def test_a_new_sqlite_store_appears_only_once_it_is_built(tmp_path, monkeypatch):
     """Regression: a reader opening a half-migrated database broke the study's own migration."""
-    import trainables.tracking as tracking
+    import trainables.mlflow_store as tracking
 
     db = tmp_path / "mlflow.db"
     seen_while_building = []
@@ -112,7 +104,7 @@ def test_a_new_sqlite_store_appears_only_once_it_is_built(tmp_path, monkeypatch)
 
 
 def test_a_store_made_meanwhile_by_another_process_is_kept(tmp_path, monkeypatch):
-    import trainables.tracking as tracking
+    import trainables.mlflow_store as tracking
 
     db = tmp_path / "mlflow.db"
     build = tracking._build_sqlite_schema
@@ -130,7 +122,7 @@ def test_a_store_made_meanwhile_by_another_process_is_kept(tmp_path, monkeypatch
 
 RACE = """
 import sys, time
-from trainables.tracking import client_for
+from trainables.mlflow_store import client_for
 db, start = sys.argv[1], float(sys.argv[2])
 while time.time() < start:
     time.sleep(0.005)

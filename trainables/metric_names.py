@@ -6,7 +6,7 @@ Tune sees all of them. An MLflow child run logs only the :data:`HEADLINES` (abou
 short *logged* names that fit a column header of the MLflow UI (``multi/sinitic``), plus the
 searched hyperparameters as numbers (:data:`SEARCHED_PARAMS`, named as the params). The full
 breakdown goes, in long format, into the run's artifact ``metrics_full.csv``
-(:mod:`trainables.tracking`).
+(:mod:`trainables.trial_run`; the layout: :mod:`trainables.mlflow_layout`).
 
 Either name works wherever a user names a metric (``--metric``, the objectives of a space,
 ``study.report``, the tables): :func:`source_name` maps a logged name back to its source,
@@ -100,7 +100,7 @@ _BY_LOGGED = {h.logged: h for h in HEADLINES}
 _BY_SOURCE = {h.source: h for h in HEADLINES}
 
 # Most metrics a child run holds: the headlines and the numeric searched parameters (plus an
-# objective outside the headlines, which is logged under its own name; see tracking.TrialRun).
+# objective outside the headlines, which is logged under its own name; see trial_run.TrialRun).
 MAX_LOGGED_METRICS = len(HEADLINES) + len(SEARCHED_PARAMS)
 
 

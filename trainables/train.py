@@ -297,7 +297,7 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
     from trainables.loss import make_clip_loss
     from trainables.model import build_model, make_tokenizer
     from trainables.tokenizer import captions_digest
-    from trainables.tracking import TrialRun
+    from trainables.trial_run import TrialRun
 
     # --- resume check first: a checkpoint of other settings is refused before any setup work
     saved = session.latest_state()

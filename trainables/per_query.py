@@ -1,0 +1,63 @@
+"""A trial's per-query arrays, :data:`~trainables.mlflow_layout.PER_QUERY_FILE`: the one writer and the reader.
+
+The final evaluation of a trial fills a dict with the AP@k of every query
+(:func:`trainables.evaluate.evaluate_embeddings`, ``per_query=``); rank 0 saves it with
+:func:`write` as an artifact of the trial's child run (:class:`trainables.trial_run.TrialRun`),
+and the study's answer reads it back with :func:`load` (:mod:`study.answer`). Keys:
+``monolingual.t2i.{l}``, ``monolingual.i2t.{l}``, ``crosslingual.{a}-{b}``,
+``multilingual.i2t``, ``multilingual.t2t.{l}`` (float [Q], AP@k of each query),
+``bias.ranks`` (int [Q, L]) with ``bias.languages`` (str [L], the column order), and for every
+array key K ``K@image`` (int [Q], the test image each query belongs to).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+import numpy as np
+
+IMAGE_SUFFIX = "@image"
+LANGUAGES_KEY = "bias.languages"  # the one key without an image companion
+
+
+def check(arrays: Mapping[str, Any]) -> None:
+    """ValueError when an array key lacks its ``@image`` companion or their lengths differ."""
+    for key, value in arrays.items():
+        if key.endswith(IMAGE_SUFFIX) or key == LANGUAGES_KEY:
+            continue
+        image = arrays.get(key + IMAGE_SUFFIX)
+        if image is None or len(image) != len(value):
+            raise ValueError(f"{key!r} needs an {key + IMAGE_SUFFIX!r} array of the same length")
+
+
+def write(path: Union[str, Path], arrays: Mapping[str, Any]) -> Path:
+    """Check ``arrays`` (:func:`check`) and write them to ``path`` as a compressed npz, atomically.
+
+    The file is written to a temporary file in the same folder and moved into place with
+    ``os.replace``, so a reader never sees a partial file. Returns ``path``.
+    """
+    check(arrays)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load(path: Union[str, Path]) -> dict[str, np.ndarray]:
+    """The arrays of a file :func:`write` wrote (no pickles)."""
+    with np.load(path, allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+__all__ = ["IMAGE_SUFFIX", "check", "write", "load"]
