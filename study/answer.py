@@ -131,7 +131,8 @@ def _lang_order(langs) -> list[str]:
 def _query_arrays(arrays: dict) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, values float64 [Q], image index int [Q]) of every mean the metrics use.
 
-    ``bias.ranks`` contributes one column per language, named ``bias.rank.{l}``.
+    ``bias.ranks`` contributes one column per language, named ``bias.rank.{l}``, over the images
+    that have a caption in it (rank 0 marks a missing one, as the trial leaves those out too).
     """
     out = []
     for key, value in arrays.items():
@@ -142,7 +143,8 @@ def _query_arrays(arrays: dict) -> list[tuple[str, np.ndarray, np.ndarray]]:
         ranks = np.asarray(arrays["bias.ranks"], dtype=np.float64)
         image = np.asarray(arrays["bias.ranks" + IMAGE_SUFFIX])
         for j, lang in enumerate(np.asarray(arrays["bias.languages"]).astype(str)):
-            out.append((f"bias.rank.{lang}", ranks[:, j], image))
+            present = ranks[:, j] > 0
+            out.append((f"bias.rank.{lang}", ranks[present, j], image[present]))
     return out
 
 

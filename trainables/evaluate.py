@@ -87,7 +87,7 @@ def evaluate_embeddings(
     (or a mean of means), for bootstrap intervals over test images (:mod:`study.answer`). Keys:
     ``monolingual.t2i.{l}``, ``monolingual.i2t.{l}``, ``crosslingual.{a}-{b}``,
     ``multilingual.i2t``, ``multilingual.t2t.{l}`` -> float32 numpy [Q]; ``bias.ranks`` -> int32
-    [Q, L] (the ranks of :func:`_bias_metrics`), ``bias.languages`` -> str [L]; and for every
+    [Q, L] (the ranks of :func:`_bias_metrics`; 0 where the image has no caption in that language), ``bias.languages`` -> str [L]; and for every
     array key K, ``K@image`` -> int32 [Q], the image each query belongs to.
     """
     emb = _prepare(image_emb, text_emb)
@@ -260,13 +260,14 @@ def _multilingual(run: _Runner, emb: _Embeddings) -> dict[str, float]:
     i2t_raw = run.raw(emb.images[images], pool, images, pool_ids, key="multilingual.i2t",
                       targets=position[images].clamp(min=0))
     i2t = run.summary(i2t_raw)
-    run.keep("bias.ranks", i2t_raw.target_ranks, images)
+    present = position[images] >= 0
+    run.keep("bias.ranks", torch.where(present, i2t_raw.target_ranks, 0), images)  # 0: no such caption
     if run.per_query is not None:
         import numpy as np
 
         run.per_query["bias.languages"] = np.array(langs)
     out = _named(i2t, "multilingual/i2t")
-    out.update(_bias_metrics(i2t_raw.target_ranks, position[images] >= 0, langs, pool.shape[0]))
+    out.update(_bias_metrics(i2t_raw.target_ranks, present, langs, pool.shape[0]))
     if len(langs) < 2:
         out.update(_named(i2t, "multilingual"))
         return out

@@ -6,18 +6,18 @@ The final evaluation of a trial fills a dict with the AP@k of every query
 and the study's answer reads it back with :func:`load` (:mod:`study.answer`). Keys:
 ``monolingual.t2i.{l}``, ``monolingual.i2t.{l}``, ``crosslingual.{a}-{b}``,
 ``multilingual.i2t``, ``multilingual.t2t.{l}`` (float [Q], AP@k of each query),
-``bias.ranks`` (int [Q, L]) with ``bias.languages`` (str [L], the column order), and for every
+``bias.ranks`` (int [Q, L]; ranks start at 1, and 0 marks a caption the data lacks) with ``bias.languages`` (str [L], the column order), and for every
 array key K ``K@image`` (int [Q], the test image each query belongs to).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Union
 
 import numpy as np
+
+from trainables.atomic import atomic_file
 
 IMAGE_SUFFIX = "@image"
 LANGUAGES_KEY = "bias.languages"  # the one key without an image companion
@@ -36,22 +36,12 @@ def check(arrays: Mapping[str, Any]) -> None:
 def write(path: Union[str, Path], arrays: Mapping[str, Any]) -> Path:
     """Check ``arrays`` (:func:`check`) and write them to ``path`` as a compressed npz, atomically.
 
-    The file is written to a temporary file in the same folder and moved into place with
-    ``os.replace``, so a reader never sees a partial file. Returns ``path``.
+    A reader never sees a partial file (:func:`trainables.atomic.atomic_file`). Returns ``path``.
     """
     check(arrays)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **{k: np.asarray(v) for k, v in arrays.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_file(path) as out:
+        np.savez_compressed(out, **{k: np.asarray(v) for k, v in arrays.items()})
+    return Path(path)
 
 
 def load(path: Union[str, Path]) -> dict[str, np.ndarray]:
