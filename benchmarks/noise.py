@@ -6,7 +6,7 @@ one torch thread, as a 1-CPU Ray worker. Every recipe is trained at ratios 0, 0.
 ``0..n-1`` (the same seeds at every ratio, as a study shares them), evaluated once, at the end, on the
 full synthetic test split. Each run saves its per-query AP arrays (``per_query_ap.npz``, what a
 study's trial logs), so the recipe's ends' difference is judged with the study's own analysis
-(:func:`study.answer.paired_difference`): image bootstrap plus seed spread.
+(:func:`study.answer_stats.paired_difference`): image bootstrap plus seed spread.
 
 Per recipe and ratio the table gives the mean and seed sd of the objective (multilingual mAP@100)
 and CPU-seconds per trial; per recipe, the seed-to-seed correlation between ratios (what pairing
@@ -135,8 +135,9 @@ def projected_halfwidth(sd_diff: float, se_test: float, trial_s: float, minutes:
 def summarize(out: str, minutes: float, fixed_s: float, startup_s: float, evals_per_trial: float,
               n_resamples: int = 500) -> dict[str, Any]:
     """Per recipe: per-ratio mean/sd/CPU, seed correlations, paired vs unpaired sd, test se, projection."""
-    from study.answer import OBJECTIVE as ANSWER_OBJECTIVE
-    from study.answer import load_trial_queries, paired_difference
+    from study.answer_metrics import OBJECTIVE as ANSWER_OBJECTIVE
+    from study.answer import load_trial_queries
+    from study.answer_stats import paired_difference
 
     rows = read_runs(out)
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))

@@ -1,14 +1,14 @@
-"""What a person sees: the study's plan, error lines, the trial table, the best config, the
-summary files, the exit codes of ``study.run`` and the command that resumes a study.
+"""What a person sees: the study's plan, error lines, the trial table, the answer, the best config,
+the exit codes of ``study.run`` and the command that resumes a study.
 
 ``study.run`` (end of a study) and ``study.report`` (from MLflow) share :func:`summarize`, so
-both print the same table and write the same CSV and figure.
+both print the same table and write the same files (:mod:`study.outputs` computes the answer and
+writes them).
 """
 
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shlex
 import sys
@@ -16,20 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from study.results import (
-    BIAS_METRIC,
-    FAILED,
-    TARGET_METRIC,
-    TrialRecord,
-    best_record,
-    pareto_front,
-    plot_families,
-    plot_pareto,
-    table,
-    write_csv,
-)
+from study import outputs
+from study.results import BIAS_METRIC, FAILED, TARGET_METRIC, TrialRecord, best_record, pareto_front, table
 from trainables.metric_names import SEARCHED_PARAMS
-from trainables.mlflow_layout import ANSWER_CSV, ANSWER_MD, BEST_NAME, CSV_NAME, FIGURE_NAME, PARETO_FIGURE_NAME
 
 if TYPE_CHECKING:  # pragma: no cover
     from study.spaces import SearchSpace
@@ -128,16 +117,16 @@ def summarize(
     """Table, best config (or Pareto front), failures; write CSV, figure(s) and best config.
 
     ``queries``: the completed trials' per-query AP arrays (:class:`study.answer.TrialQueries`);
-    with them the answer (per family and setting, with intervals: :mod:`study.answer`) is
-    printed and saved as ``answer.csv``, ``answer.md`` and the figure; ``target_halfwidth`` is the
+    with them the answer (per family and setting, with intervals: :func:`study.outputs.study_answer`)
+    is printed and saved as ``answer.csv``, ``answer.md`` and the figure; ``target_halfwidth`` is the
     half-width whose seed count the answer estimates for each unresolved comparison.
     """
     metric, mode = objectives[0]["metric"], objectives[0]["mode"]
     headers, rows = table(records, extra_params)
     parts = [format_table(headers, rows) if rows else "(no trials)"]
-    answer = _answer(queries, target_halfwidth) if queries else None
+    answer = outputs.study_answer(queries, target=target_halfwidth) if queries else None
     if answer is not None:
-        parts.append(answer["text"])
+        parts.append(_answer_text(answer, queries))
     best = best_record(records, metric, mode)
     front = pareto_front(records, objectives) if len(objectives) > 1 else []
     if front:
@@ -147,9 +136,9 @@ def summarize(
     failed = [r for r in records if r.status == FAILED]
     if failed:
         parts.append("Failed trials:\n" + "\n".join(f"  {r.trial_id}: {r.reason or 'unknown reason'}" for r in failed))
-    files = _write_files(records, objectives, best, front, output_dir, title, answer)
+    files = outputs.write_outputs(records, objectives, best, front, output_dir, title, answer)
     parts.append("Saved to " + str(output_dir) + ":\n" + "\n".join(f"  {p.name}" for p in files))
-    return Summary("\n\n".join(parts), best, front, files, answer["markdown"] if answer else "")
+    return Summary("\n\n".join(parts), best, front, files, answer.markdown if answer else "")
 
 
 def _best_text(best: TrialRecord, metric: str, mode: str, extra_params: Sequence[str]) -> str:
@@ -169,56 +158,19 @@ def _front_text(front: Sequence[TrialRecord], objectives: Sequence[dict]) -> str
     return "\n".join(lines)
 
 
-def _answer(queries: Sequence, target_halfwidth: float = 0.02) -> dict:
-    """The answer rows, best ratios, ends sentence, resolution and hypotheses, and their markdown
-    (:mod:`study.answer`)."""
-    from study import answer as ans
-
-    found = ans.study_answer(queries, target=target_halfwidth)
-    rows, best, sentence = found.rows, found.best, found.sentence
-    notes = [*found.resolution, *found.hypotheses]
-    markdown = ans.answer_markdown(rows, best, sentence, notes)
+def _answer_text(answer: outputs.Answer, queries: Sequence) -> str:
+    """The answer as printed: a head line, the best ratio (and its plausible set) per setting and
+    family, the ends sentence, the resolution and the hypotheses."""
     seeds = sorted({q.seed for q in queries})
     head = (f"Answer ({len(queries)} trials, seeds {', '.join(map(str, seeds))}; 95% intervals over seeds and "
             "test images; best ratio per setting and family, and the tried ratios not distinguishable from it):")
+    best = answer.best
     families = list(dict.fromkeys(b["family"] for b in best))
     cells = {(b["setting"], b["family"]): f"{b['best_ratio']:.2g} ({b['set_low']:.2g}-{b['set_high']:.2g})" for b in best}
     settings = list(dict.fromkeys(b["setting"] for b in best))
     grid = [[setting, *(cells.get((setting, f), "") for f in families)] for setting in settings]
     lines = [head, format_table(["setting", *families], [row + [""] for row in grid]).replace("  \n", "\n").rstrip()]
-    lines += [sentence, *notes]
-    return {"rows": rows, "best": best, "sentence": sentence, "markdown": markdown, "text": "\n".join(lines)}
-
-
-def _write_files(records, objectives, best, front, output_dir: Path, title: str, answer=None) -> list[Path]:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    files = [write_csv(records, output_dir / CSV_NAME)]
-    if answer is not None:
-        from study.answer import plot_answer, write_answer_csv
-
-        files.append(write_answer_csv(answer["rows"], output_dir / ANSWER_CSV))
-        (output_dir / ANSWER_MD).write_text(answer["markdown"], encoding="utf-8")
-        files.append(output_dir / ANSWER_MD)
-        figure = plot_answer(answer["rows"], output_dir / FIGURE_NAME, title)
-    else:
-        figure = plot_families(records, output_dir / FIGURE_NAME, title)
-    if figure:
-        files.append(figure)
-    if len(objectives) > 1:
-        pareto = plot_pareto(records, objectives, output_dir / PARETO_FIGURE_NAME)
-        if pareto:
-            files.append(pareto)
-    if best is not None:
-        path = output_dir / BEST_NAME
-        payload = {
-            "trial_id": best.trial_id,
-            "config": best.params,
-            "metrics": best.metrics,
-            "pareto_front": [r.trial_id for r in front],
-        }
-        path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str), encoding="utf-8")
-        files.append(path)
-    return files
+    return "\n".join([*lines, answer.sentence, *answer.notes])
 
 
 # ---------------------------------------------------------------------------

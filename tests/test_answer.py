@@ -5,19 +5,19 @@ import csv
 import numpy as np
 import pytest
 
-from study.answer import (
-    COLUMNS,
-    TrialQueries,
-    answer_markdown,
+from study.answer import TrialQueries, load_trial_queries
+from study.answer_metrics import COLUMNS, metric_values
+from study.answer_stats import (
+    Difference,
+    _analyse,
+    _difference,
     answer_rows,
     best_ratios,
-    ends_sentence,
-    load_trial_queries,
-    metric_values,
     paired_difference,
-    plot_answer,
-    write_answer_csv,
+    seeds_needed,
 )
+from study.answer_text import _hypotheses, answer_markdown, ends_sentence, plot_answer
+from study.outputs import write_answer_csv
 from tests.standins import FAMILY_OPTIMA
 from trainables.languages import FAMILIES, languages_in
 from trainables.per_query import write as save_trial_queries
@@ -265,8 +265,6 @@ def _trials(values: dict) -> list:
 
 
 def test_a_shared_seed_is_paired_and_a_duplicate_is_averaged():
-    from study.answer import _analyse, _difference
-
     # ratio 1 is ratio 0 + 0.01 on every seed, with a large seed effect: paired, the difference is exact
     seed_effect = {0: 0.0, 1: 0.2, 2: -0.1}
     values = {(0.0, s): e for s, e in seed_effect.items()} | {(1.0, s): e + 0.01 for s, e in seed_effect.items()}
@@ -278,8 +276,6 @@ def test_a_shared_seed_is_paired_and_a_duplicate_is_averaged():
 
 
 def test_a_single_seed_borrows_the_other_sides_spread():
-    from study.answer import _analyse, _difference
-
     values = {(0.0, 0): 0.0, (0.0, 1): 0.1, (0.0, 2): 0.2, (1.0, 7): 0.1}  # no shared seed
     d = _difference(_analyse(_trials(values), 50, 0), 1.0, 0.0, "multilingual", "i2t+t2t", 0.95)
     assert not d.paired and d.diff == pytest.approx(0.0, abs=1e-6)
@@ -290,16 +286,12 @@ def test_a_single_seed_borrows_the_other_sides_spread():
 def test_seeds_needed_follows_the_t_interval_and_knows_when_seeds_cannot_help():
     from scipy import stats
 
-    from study.answer import seeds_needed
-
     n = seeds_needed(0.03, 0.0, 0.02)
     assert stats.t.ppf(0.975, n - 1) * 0.03 / n ** 0.5 <= 0.02 < stats.t.ppf(0.975, n - 2) * 0.03 / (n - 1) ** 0.5
     assert seeds_needed(0.03, 0.011, 0.02) is None  # 1.96 x 0.011 > 0.02: the test set alone is wider
 
 
 def test_the_hypotheses_read_supported_contradicted_or_not_testable():
-    from study.answer import _analyse, _hypotheses
-
     def lines(levels):
         values = {(r, s): v + 0.001 * s for r, v in levels.items() for s in range(3)}
         return _hypotheses(_analyse(_trials(values), 50, 0), 0.95)
@@ -313,6 +305,4 @@ def test_the_hypotheses_read_supported_contradicted_or_not_testable():
 
 
 def test_a_nan_interval_excludes_nothing():
-    from study.answer import Difference
-
     assert not Difference(float("nan"), float("nan"), float("nan"), True, 2, 0.0, 0.0).excludes_zero

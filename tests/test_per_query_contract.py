@@ -5,7 +5,7 @@ fills the per-query dict as ``trainables.train.evaluate`` asks it to, rank 0's
 :meth:`trainables.trial_run.TrialRun.log_per_query` writes it (through the one writer,
 :func:`trainables.per_query.write`) as an artifact of the trial's child run, and the study reads it back
 (:func:`study.answer.trial_queries`, the reader :func:`trainables.per_query.load`) and recomputes the metrics
-(:func:`study.answer.metric_values`). Every (setting, family) of the answer must equal the trial's own value
+(:func:`study.answer_metrics.metric_values`). Every (setting, family) of the answer must equal the trial's own value
 of the same metric to 1e-6, and the negative controls show the comparison notices one changed query.
 """
 
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from study.answer import SETTINGS, metric_values, trial_queries
+from study.answer import trial_queries
+from study.answer_metrics import SETTINGS, metric_values
 from trainables.config import TrialConfig
 from trainables.evaluate import evaluate_embeddings
 from trainables.languages import family_of

@@ -6,7 +6,9 @@ import heapq
 import numpy as np
 import pytest
 
-from study.answer import OBJECTIVE, TrialQueries, study_answer
+from study.answer import TrialQueries
+from study.answer_metrics import OBJECTIVE, metric_values
+from study.outputs import study_answer
 from study.race import SeedPlan, SeedRace
 from study.tuning import SeedSearcher
 
@@ -273,8 +275,6 @@ def simulated_race(rng, truth, slots=2, kind=SeedRace):
         if action[0] == "finished":
             break
         clock, tid = heapq.heappop(running)
-        from study.answer import metric_values
-
         r.complete(tid, metric_values(objective[tid].arrays)[OBJECTIVE])
     return study_answer(list(objective.values()), n_resamples=200, seed=int(rng.integers(1 << 31))), r
 

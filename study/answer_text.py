@@ -1,0 +1,168 @@
+"""The answer in words and pictures: the sentence on the ends, the resolution lines, the tested
+hypotheses, the markdown summary and the figure, made of the numbers of :mod:`study.answer_stats`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from study.answer import TrialQueries
+from study.answer_metrics import OBJECTIVE, SETTINGS
+from study.answer_stats import (
+    Difference,
+    _analyse,
+    _Analysis,
+    _ratio_key,
+    ends_numbers,
+    hypotheses_numbers,
+    resolution_numbers,
+)
+
+
+def _not_tried(missing: Sequence[float]) -> str:
+    names = " and ".join(f"ratio {r:g}" for r in missing)
+    return f"{names} {'were' if len(missing) > 1 else 'was'} not tried"
+
+
+def _ruled_out(d: Difference) -> str:
+    return f"it rules out a difference below {d.low:+.3f} or above {d.high:+.3f}"
+
+
+def _ends(analysis: _Analysis, confidence: float) -> str:
+    ends = ends_numbers(analysis, confidence)
+    if ends.missing:
+        return f"The ends of the ratio range cannot be compared: {_not_tried(ends.missing)}."
+    d = ends.difference
+    families = [f"{fam} ({diff:+.3f})" for fam, diff in ends.families]
+    pct = f"{100 * confidence:g}%"
+    verdict = "differ beyond noise" if d.excludes_zero else "do not differ beyond noise"
+    how = f"paired over {d.n} seeds" if d.paired else "unpaired"
+    tail = (f"the multilingual t2t difference excludes 0 for {', '.join(families)}" if families
+            else "the multilingual t2t difference excludes 0 for no family")
+    ruled = "" if d.excludes_zero else f"; {_ruled_out(d)}"
+    return (f"Ratio 1 and ratio 0 {verdict} on the objective (multilingual i2t+t2t mAP@100): "
+            f"ratio 1 minus ratio 0 is {d.diff:+.3f} ({pct} CI {d.low:+.3f} to {d.high:+.3f}, half-width "
+            f"{d.halfwidth:.3f}, {how}){ruled}, and {tail}.")
+
+
+def ends_sentence(
+    trials: Sequence[TrialQueries], confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0,
+) -> str:
+    """One sentence: do ratio 0 and ratio 1 differ beyond noise on the objective?
+
+    Gives the difference (ratio 1 minus ratio 0) with its interval, half-width and how it was
+    judged (paired over shared seeds, or unpaired); when it does not exclude 0, the differences
+    it rules out; and names the families whose multilingual t2t difference has an interval
+    excluding 0. Says so when ratio 0 or 1 was not tried.
+    """
+    return _ends(_analyse(trials, n_resamples, seed), confidence)
+
+
+def _resolution(analysis: _Analysis, confidence: float, target: float) -> list[str]:
+    """Per comparison on the objective (the ends; each ratio against the best): its half-width,
+    i.e. the smallest difference it could resolve, and for an unresolved one the seeds a
+    half-width of ``target`` would need (:func:`study.answer_stats.resolution_numbers`)."""
+    comparisons = resolution_numbers(analysis, confidence, target)
+    if not comparisons:
+        return []
+    lines = []
+    for c in comparisons:
+        d = c.difference
+        what = "resolved" if d.excludes_zero else "unresolved"
+        line = (f"  ratio {c.a:.3g} - ratio {c.b:.3g}: {d.diff:+.3f} ± {d.halfwidth:.3f} ({what}; "
+                f"{'paired over ' + str(d.n) + ' seeds' if d.paired else 'unpaired'})")
+        if c.short:
+            line += (f"; ± {target:g} would take ~{c.seeds} paired seeds" if c.seeds is not None else
+                     f"; ± {target:g} is out of reach of seeds (test-set noise alone is "
+                     f"± {c.test_halfwidth:.3f})")
+        lines.append(line)
+    pct = f"{100 * confidence:g}%"
+    return [f"Resolution on the objective ({pct} half-widths: the smallest difference each comparison could resolve):",
+            *lines]
+
+
+def _hypotheses(analysis: _Analysis, confidence: float) -> list[str]:
+    """The seed paper's two claims, each a line with its verdict and intervals
+    (:func:`study.answer_stats.hypotheses_numbers`); not testable lines say why."""
+    lines = ["Hypotheses of the hybrid-batch paper (Elmahdy et al. 2024), tested:"]
+    found = hypotheses_numbers(analysis, confidence)
+    if not found.interior or found.missing:
+        why = _not_tried(found.missing) if found.missing else "no ratio strictly between 0 and 1 was tried"
+        return [*lines, f"  (a) hybrid beats both ends on the objective: not testable ({why}).",
+                f"  (b) hybrid has less language bias than ratio 1: not testable ({why})."]
+    level, h, vs0, vs1 = found.level, found.hybrid, found.vs0, found.vs1
+    lines.append(f"  (a) hybrid beats both ends on the objective: {found.hybrid_verdict}: best hybrid ratio {h:.3g} "
+                 f"minus ratio 0 {vs0.diff:+.3f} [{vs0.low:+.3f}, {vs0.high:+.3f}], minus ratio 1 {vs1.diff:+.3f} "
+                 f"[{vs1.low:+.3f}, {vs1.high:+.3f}] ({100 * level:.3g}% intervals).")
+    if found.bias is not None:
+        b, d = found.least_biased, found.bias
+        lines.append(f"  (b) hybrid has less language bias than ratio 1: {found.bias_verdict}: least-biased hybrid ratio "
+                     f"{b:.3g} minus ratio 1 {d.diff:+.1f} [{d.low:+.1f}, {d.high:+.1f}] mean-rank gap "
+                     f"({100 * level:.3g}% interval; lower is less bias).")
+    return lines
+
+
+def answer_markdown(rows: Sequence[dict], best: Sequence[dict], sentence: str, notes: Sequence[str] = ()) -> str:
+    """A short markdown summary: best ratio per (setting, family) with its interval, then ``sentence``
+    and ``notes`` (lines: the resolution and hypotheses of :func:`study.outputs.study_answer`).
+
+    rows: :func:`study.answer_stats.answer_rows`; best: :func:`study.answer_stats.best_ratios`; sentence:
+    :func:`ends_sentence`.
+    """
+    by_cell = {(r["setting"], r["family"], _ratio_key(r["ratio"])): r for r in rows}
+    lines = [
+        "| setting | family | best ratio | plausible optimum | mean at best (CI) | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for b in best:
+        row = by_cell.get((b["setting"], b["family"], _ratio_key(b["best_ratio"])))
+        ci = f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if row else f"{b['best_mean']:.3f}"
+        seeds = row["n_seeds"] if row else ""
+        lines.append(f"| {b['setting']} | {b['family']} | {b['best_ratio']:g} | "
+                     f"{b['set_low']:g} – {b['set_high']:g} | {ci} | {seeds} |")
+    note = "Bias: lower is better. The plausible optimum is every tried ratio not distinguishable from the best."
+    extra = ["", *(line.strip() if line.startswith("  ") else line for line in notes)] if notes else []
+    extra = [f"- {line}" if i and not line.endswith(":") and line else line for i, line in enumerate(extra)]
+    return "\n".join(["## Answer", "", *lines, "", note, "", sentence, *extra, ""])
+
+
+def plot_answer(rows: Sequence[dict], path: Union[str, Path], title: str = "") -> Optional[Path]:
+    """PNG of the answer: 4 panels (monolingual, crosslingual, multilingual, bias) vs ratio.
+
+    Each family is a line of the mean with its interval shaded. The multilingual panel
+    shows caption -> caption (t2t) quantities only (families and their ``all`` mean),
+    not the i2t+t2t objective; the bias panel has one line. Returns None without rows.
+    """
+    if not rows:
+        return None
+    import matplotlib  # here, not at the top: only the figure needs it, and pyplot takes ~0.5 s to import
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    for ax, setting in zip(axes.ravel(), SETTINGS):
+        families = list(dict.fromkeys(r["family"] for r in rows if r["setting"] == setting and r["family"] != OBJECTIVE[1]))
+        for family in families:
+            pts = sorted((r["ratio"], r["mean"], r["ci_low"], r["ci_high"]) for r in rows
+                         if r["setting"] == setting and r["family"] == family)
+            xs, means, lows, highs = (list(c) for c in zip(*pts))
+            style = "k--" if family == "all" and setting != "bias" else "-"
+            line = ax.plot(xs, means, style, marker="o", markersize=3, label=family)[0]
+            ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
+        # the multilingual panel says what it shows in its title (a note inside the axes met the legend)
+        ax.set_title(f"{setting}\ncaption -> caption only; 'all' = mean over languages" if setting == "multilingual"
+                     else setting, fontsize=10)
+        ax.set_xlabel("monolingual ratio")
+        ax.set_ylabel("mean rank gap (max - min over languages)" if setting == "bias" else "mAP@100")
+        ax.set_xlim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        if families:
+            ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(title or "Answer per setting and family vs ratio (mean over seeds, shaded: CI)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
