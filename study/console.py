@@ -14,15 +14,13 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 from study import outputs
 from study.results import BIAS_METRIC, FAILED, TARGET_METRIC, TrialRecord, best_record, pareto_front, table
+from study.spaces import SearchSpace
+from study.state import StudyState
 from trainables.metric_names import SEARCHED_PARAMS
-
-if TYPE_CHECKING:  # pragma: no cover
-    from study.spaces import SearchSpace
-    from study.state import StudyState
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130  # the exit codes of study.run
 
@@ -176,7 +174,7 @@ def _answer_text(answer: outputs.Answer, queries: Sequence) -> str:
 # ---------------------------------------------------------------------------
 # The plan of a study and the way back to it
 # ---------------------------------------------------------------------------
-def plan_text(state: "StudyState", space: "SearchSpace") -> str:
+def plan_text(state: StudyState, space: SearchSpace) -> str:
     """What the study will do, in a few lines."""
     goal = ", ".join(f"{o['metric']} ({o['mode']})" for o in state.objectives)
     searched = ", ".join(f"{p.name}~{p.describe()}" for p in space.params)
@@ -203,6 +201,6 @@ def plan_text(state: "StudyState", space: "SearchSpace") -> str:
     )
 
 
-def resume_command(state: "StudyState") -> str:
+def resume_command(state: StudyState) -> str:
     """The command that continues this study."""
     return f"python -m study.run --resume --name {shlex.quote(state.name)} --storage-path {shlex.quote(state.storage_path)}"

@@ -32,6 +32,7 @@ from study.spaces import SearchSpace, SpaceError, read_space, validation_points
 from study.storage import check_folder_writable
 from trainables.config import ConfigError, TrialConfig, is_seed
 from trainables.errors import one_line
+from trainables.languages import LANGUAGES
 from trainables.metric_names import HEADLINES, source_name
 from trainables.mlflow_store import TrackingError, sqlite_path
 
@@ -414,8 +415,7 @@ def _evaluation_names() -> frozenset:
     """Every name :func:`trainables.evaluate.evaluate_embeddings` reports for the XTD languages (k=100)."""
     import torch  # ~1 s: only a study that names its metrics pays it, after the cheap checks
 
-    from trainables.evaluate import evaluate_embeddings
-    from trainables.languages import LANGUAGES
+    from trainables.evaluate import evaluate_embeddings  # imports torch: see above
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(3, 4, generator=gen)

@@ -23,6 +23,7 @@ from trainables.metric_names import (
     source_name,
     to_source_names,
 )
+from trainables.errors import failure_reason
 from trainables.mlflow_layout import COMPLETED, EARLY_STOPPED, FAILED, UNFINISHED
 from trainables.trial_run import clean_metrics
 
@@ -48,8 +49,6 @@ class TrialRecord:
 # ---------------------------------------------------------------------------
 def records_from_results(results: Any, base_config: dict) -> list[TrialRecord]:
     """Records from a Tune ``ResultGrid`` (its config holds only the sampled params)."""
-    from study.trial import failure_reason
-
     epochs = int(base_config.get("epochs", 0))
     terminated = _terminated_trials(results)
     records = []

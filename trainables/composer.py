@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
 from trainables.composition import (ComposerError, MissingCaptionError, canonical_languages, check_train_languages,
                                     compose_step, language_weights, missing_caption_message, redraw_languages,
                                     stable_seed)
-
-if TYPE_CHECKING:  # pragma: no cover
-    from trainables.config import TrialConfig
+from trainables.config import TrialConfig
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,21 @@ from typing import Any, Optional
 import torch
 
 from trainables.batches import cached_tokenize_set
+from trainables.composer import BatchComposer
 from trainables.config import ConfigError, TrialConfig, resume_differences
-from trainables.loss import clamp_logit_scale_
-from trainables.session import Session, UnsafeCheckpointError  # noqa: F401 - re-exported
+from trainables.data.sources import check_eval_data, load_train_set
+from trainables.data.synthetic import cache_root
+from trainables.data.types import ImageCaptionSet
+from trainables.data.xtd import load_xtd
+from trainables.evaluate import embed_dataset, evaluate_embeddings
+from trainables.languages import LANGUAGES
+from trainables.loss import clamp_logit_scale_, make_clip_loss
+from trainables.model import build_model, make_tokenizer
+from trainables.progress import epoch_progress
+from trainables.session import LocalSession, Session, UnsafeCheckpointError  # noqa: F401 - re-exported
+from trainables.stream import StreamComposer, StreamTrainSet
+from trainables.tokenizer import captions_digest
+from trainables.trial_run import TrialRun
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +71,6 @@ def load_datasets(config: TrialConfig) -> tuple[Any, Any]:
     The raw split is an :class:`~trainables.data.types.ImageCaptionSet` in memory, or None with
     ``train_loading="stream"`` (each rank reads its shards later, see :func:`train_set`).
     """
-    from trainables.data.sources import check_eval_data, load_train_set
-    from trainables.data.xtd import load_xtd
-
     if config.train_loading == "stream":
         train_raw, default_eval_dir = None, check_eval_data(config)
     else:
@@ -87,7 +96,6 @@ def first_images(eval_set: Any, n: Optional[int]) -> Any:
     """
     if n is None or n >= len(eval_set):
         return eval_set
-    from trainables.data.types import ImageCaptionSet
 
     return ImageCaptionSet(eval_set.images[:n], list(eval_set.captions[:n]), list(eval_set.names[:n]),
                            dict(eval_set.skipped))
@@ -100,20 +108,12 @@ def train_set(config: TrialConfig, train_raw: Any, tokenizer, rank: int = 0, wor
     :class:`~trainables.stream.StreamTrainSet`. ``digest``: the
     :func:`~trainables.tokenizer.captions_digest` of ``train_raw``'s captions, if known."""
     if train_raw is None:
-        from trainables.stream import StreamTrainSet
-
         return StreamTrainSet(config, tokenizer.tokenize, rank, world_size)
-    from trainables.data.synthetic import cache_root
-
     return cached_tokenize_set(train_raw, tokenizer, cache_root(config), digest=digest)
 
 
 def make_composer(config: TrialConfig, data: Any, rank: int, world_size: int) -> Any:
     """The composer that matches ``data``: planned epochs in memory, per-step draws for a stream."""
-    from trainables.composer import BatchComposer
-    from trainables.languages import LANGUAGES
-    from trainables.stream import StreamComposer, StreamTrainSet
-
     if isinstance(data, StreamTrainSet):
         return StreamComposer.from_config(config, LANGUAGES, rank, world_size, data.nominal_steps)
     return BatchComposer.from_config(config, data.available, data.languages, rank, world_size)
@@ -161,8 +161,6 @@ def train_one_epoch(state: TrialState, data: Any, loss_fn, transform, config: Tr
     at the next read and stops the trial before it is checkpointed. Rank 0 shows the
     step, loss, throughput and ETA every few seconds (:mod:`trainables.progress`).
     """
-    from trainables.progress import epoch_progress
-
     model, device = state.model, session.device
     model.train()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if _use_bf16(config, device) else nullcontext())
@@ -231,8 +229,6 @@ def evaluate(model: torch.nn.Module, bundle, eval_set, config: TrialConfig, devi
     ``config.intermediate_eval_images`` images (:func:`first_images`) before: the metric names
     are the same either way (one learning curve in MLflow), ``eval/images`` tells them apart.
     """
-    from trainables.evaluate import embed_dataset, evaluate_embeddings
-
     t0 = time.perf_counter()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if _use_bf16(config, device) else nullcontext()
     with autocast:
@@ -294,11 +290,6 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
     Inputs: a validated ``config``; a ``session`` (rank, world size, device,
     report/resume); optional MLflow ``tracking`` info, used by rank 0 only.
     """
-    from trainables.loss import make_clip_loss
-    from trainables.model import build_model, make_tokenizer
-    from trainables.tokenizer import captions_digest
-    from trainables.trial_run import TrialRun
-
     # --- resume check first: a checkpoint of other settings is refused before any setup work
     saved = session.latest_state()
     check_resumable(saved, config)
@@ -385,8 +376,6 @@ def _wrap_ddp(model: torch.nn.Module, session: Session) -> torch.nn.Module:
 
 def run_local(config: TrialConfig, checkpoint_dir=None, tracking=None, resume: bool = True) -> list[dict[str, float]]:
     """Run the per-worker function in this process, without Ray (one worker)."""
-    from trainables.session import LocalSession
-
     if config.num_workers != 1:
         config = config.replace(num_workers=1)
     session = LocalSession(use_gpu=config.use_gpu, checkpoint_dir=checkpoint_dir, resume=resume)
