@@ -135,7 +135,7 @@ def plot_answer(rows: Sequence[dict], path: Union[str, Path], title: str = "") -
     """
     if not rows:
         return None
-    import matplotlib  # here, not at the top: only the figure needs it, and pyplot takes ~0.5 s to import
+    import matplotlib  # here, not at the top: only the figure needs it (start-up: docs/performance.md)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

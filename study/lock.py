@@ -302,7 +302,7 @@ class Lease:
             out.write(json.dumps(self.record).encode())
 
     def _read(self) -> Optional[dict]:
-        import pyarrow.fs  # ~0.1 s at start-up, which a study on a local folder never needs
+        import pyarrow.fs  # start-up cost a study on a local folder never needs (docs/performance.md)
 
         if self.fs.get_file_info(self.path).type == pyarrow.fs.FileType.NotFound:
             return None

@@ -136,7 +136,7 @@ def study_name(name: str) -> str:
 # ---------------------------------------------------------------------------
 def check_data_paths_exist(base: dict) -> None:
     """Fail before Ray starts when a local data path does not exist (else every trial fails on it)."""
-    # trainables.data imports torch (~1 s): only a study with local data pays it before its first line
+    # trainables.data imports torch: only a study with local data pays it before its first line (docs/performance.md)
     from trainables.data import DataError
     from trainables.data.shards import expand_shards
     from trainables.data.sources import train_data_kind
@@ -180,7 +180,7 @@ def check_output_dir(path: str) -> None:
 
 def check_data_cache(base: dict) -> None:
     """The trials' data cache (synthetic data, tokenizers) must be writable; nothing created."""
-    from trainables.data.synthetic import cache_root  # imports torch (~1 s): see check_data_paths_exist
+    from trainables.data.synthetic import cache_root  # imports torch: see check_data_paths_exist
 
 
     if "data_cache" not in base:  # searched: each value is the trial's own business
@@ -194,7 +194,7 @@ def check_data_cache(base: dict) -> None:
 
 def check_eval_folder(base: dict) -> None:
     """A local XTD evaluation folder: its whole structure, read now with the loader's own check."""
-    from trainables.data import DataError  # imports torch (~1 s): see check_data_paths_exist
+    from trainables.data import DataError  # imports torch: see check_data_paths_exist
     from trainables.data.xtd import check_xtd
 
     folder = base.get("eval_data")
@@ -251,7 +251,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
         except OSError as err:
             raise TrackingError(f"MLflow tracking URI {uri}: {db} is not writable ({one_line(err)})") from None
         return
-    from mlflow import MlflowClient  # ~1 s; only a study tracked on a server pays it here
+    from mlflow import MlflowClient  # only a study tracked on a server pays its import here
 
     try:
         with _quick_http(timeout_s):
@@ -337,7 +337,7 @@ _MODELS_CHECKED: dict = {}  # (model, pretrained) -> open_clip model name
 def _check_model(config: TrialConfig) -> None:
     """ConfigError when open_clip does not know ``config.model`` or its ``pretrained`` tag (cached),
     or when the model cannot take ``config``'s image size or context length."""
-    from trainables.model import resolve_model_name  # torch and open_clip (~2 s): for specs that parse
+    from trainables.model import resolve_model_name  # torch and open_clip: only for specs that parse
 
     key = (config.model, config.pretrained)
     if key not in _MODELS_CHECKED:
@@ -413,7 +413,7 @@ def _smallest_image(vision: dict) -> tuple[int, str]:
 @lru_cache(maxsize=1)
 def _evaluation_names() -> frozenset:
     """Every name :func:`trainables.evaluate.evaluate_embeddings` reports for the XTD languages (k=100)."""
-    import torch  # ~1 s: only a study that names its metrics pays it, after the cheap checks
+    import torch  # only a study that names its metrics pays it, after the cheap checks
 
     from trainables.evaluate import evaluate_embeddings  # imports torch: see above
 

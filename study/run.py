@@ -142,7 +142,7 @@ def one_line(message: str) -> str:
 
 def run_held(state: StudyState, space: SearchSpace, args: argparse.Namespace, fit: Callable = fit_trial) -> int:
     """Run the prepared study holding its lock and, without --address, the machine's local-cluster slot."""
-    from study.execute import run_study  # imports Ray Tune (~0.8 s), which a refused input never needs
+    from study.execute import run_study  # imports Ray Tune, which a refused input never needs (docs/performance.md)
 
     with hold_study(state.storage_path, state.name, say=console.say):
         if not args.resume and experiment_exists(state.storage_path, state.name):

@@ -45,7 +45,7 @@ def join(base: str, *parts: str) -> str:
 
 def filesystem(uri: str):
     """(pyarrow file system, path inside it) of a storage path or URI."""
-    import pyarrow.fs  # ~0.1 s at start-up, which a study on a local folder never needs
+    import pyarrow.fs  # start-up cost a study on a local folder never needs (docs/performance.md)
 
     return pyarrow.fs.FileSystem.from_uri(uri)
 
