@@ -17,29 +17,24 @@ import yaml
 
 from study import console
 from study.cluster import check_trial_fits, local_capacity
-from study.preflight import (
-    PreflightError,
+from study.preflight import PreflightError, is_local_path
+from study.preflight.configs import check_fixed_settings, check_trial_sizes, single_language_note, validate_space
+from study.preflight.flags import check_ray_address, check_resource, check_search_flags, check_seed, study_name
+from study.preflight.metrics import check_metric, eval_ks
+from study.preflight.paths import (
     check_data_paths_exist,
-    contain_paths,
-    check_fixed_settings,
     check_local_data,
-    check_metric,
     check_output_dir,
-    check_resource,
-    check_search_flags,
     check_tracking_uri,
-    check_seed,
-    eval_ks,
-    is_local_path,
+    contain_paths,
     load_space,
-    study_name,
-    validate_space,
 )
 from study.spaces import SearchSpace, SpaceError, coerce_config_values, make_objective, parse_space
 from study.state import StudyState, load_state
 from study.storage import check_writable, experiment_exists, resolve_storage_path
 from trainables.config import TrialConfig
 from trainables.driver import fit_trial
+from trainables.memory import machine_memory
 from trainables.mlflow_store import resolve_tracking_uri
 
 DEFAULT_SPACE = "ratio_only"
@@ -63,6 +58,7 @@ def prepare_new(args: argparse.Namespace, fit: str = fit_name(fit_trial)) -> tup
     """Check every input of a new study (no Ray yet, nothing created) and build its state; ``fit``
     names the trial function (:func:`fit_name`)."""
     check_seed(args.seed)
+    check_ray_address(args.address)
     cpw = check_resource("cpus-per-worker", args.cpus_per_worker, 1.0)
     gpw = check_resource("gpus-per-worker", args.gpus_per_worker, 0.0)
     space = check_search_flags(load_space(args.space or DEFAULT_SPACE), args)
@@ -70,6 +66,10 @@ def prepare_new(args: argparse.Namespace, fit: str = fit_name(fit_trial)) -> tup
     base = base_config(space, args)
     check_fixed_settings(space, base)
     validate_space(space, base)
+    check_trial_sizes(space, base, None if args.address else machine_memory())
+    note = single_language_note(space, base)
+    if note:
+        console.say(f"note: {note}")
     where = "--metric" if args.metric else f"space {space.name!r}"
     for objective in objectives:
         check_metric(objective.metric, eval_ks(base, space), where)
@@ -207,6 +207,7 @@ def prepare_resume(args: argparse.Namespace, fit: str = fit_name(fit_trial)) -> 
     if args.output_dir:
         state.output_dir = _output_dir(args.output_dir, name)
     check_output_dir(state.output_dir)
+    check_ray_address(args.address)
     if not args.address:  # the data may have moved or broken since the study started
         check_data_paths_exist(state.base_config)
         check_local_data(state.base_config)

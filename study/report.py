@@ -16,7 +16,7 @@ from typing import Optional
 from study import console
 from study.answer import trial_queries
 from study.parent_run import find_parent_run, objectives_from_param
-from study.preflight import check_tracking_uri
+from study.preflight.paths import check_tracking_uri
 from study.results import records_from_mlflow
 from trainables.errors import one_line
 from trainables.metric_names import SEARCHED_PARAMS, TARGET_METRIC

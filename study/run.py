@@ -25,7 +25,8 @@ from study import console
 from study.cluster import ClusterError, local_cluster_slot, running_ray_instances
 from study.console import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, plan_text
 from study.lock import LockError, describe_holder, hold_study, study_holder
-from study.preflight import PreflightError, check_flag_text
+from study.preflight import PreflightError
+from study.preflight.flags import check_flag_text
 from study.prepare import (
     DEFAULT_OUTPUT_ROOT,
     DEFAULT_SPACE,

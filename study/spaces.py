@@ -213,7 +213,7 @@ def resolve_space_path(name_or_path: str) -> Path:
 def read_space(name_or_path: str) -> SearchSpace:
     """Read and structurally check the space ``name_or_path`` (registry name or YAML file).
 
-    The paths it names are taken as written; :func:`study.preflight.load_space` (what a study
+    The paths it names are taken as written; :func:`study.preflight.paths.load_space` (what a study
     uses) also resolves them inside the file's folder."""
     path = resolve_space_path(name_or_path)
     try:

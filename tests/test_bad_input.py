@@ -43,13 +43,12 @@ import pytest
 import torch
 
 from study import run as study_run
-from study import preflight, prepare
+from study import prepare
+from study.preflight import paths as preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [p for d in ("trainables", "study", "search_spaces", "benchmarks") for p in (ROOT / d).rglob("*.py")]
 ONE_FIELD = "params: {temperature: {type: loguniform, low: 0.03, high: 0.2}}\n"
-
-
 
 
 def refused(capsys, argv: list[str]) -> str:
@@ -81,6 +80,25 @@ CLI_ROWS = [
     pytest.param({"s.yaml": "params: {model: {type: choice, values: [tiny, ViT-Nope]}}\n"}, ["--space", "s.yaml"],
                  "space 's' samples an invalid trial config (model='ViT-Nope'): model='ViT-Nope': open_clip does not know",
                  id="space-samples-unknown-model"),
+    # No cluster at the address: refused at once (Ray itself retries it for minutes).
+    pytest.param({}, ["--address", "127.0.0.1:1"], "--address 127.0.0.1:1: no Ray cluster answers at 127.0.0.1:1",
+                 id="address-nobody-answers"),
+    pytest.param({}, ["--address", "ray://127.0.0.1:1"], "--address ray://127.0.0.1:1: no Ray cluster answers at 127.0.0.1:1",
+                 id="ray-client-address-nobody-answers"),
+    pytest.param({"not-a-db": "hello, I am text\n"}, ["--tracking-uri", "sqlite:///not-a-db"],
+                 "not-a-db is not an SQLite database", id="tracking-file-not-a-database"),
+    # Sizes no trial can meet (trainables/memory.py estimates the memory; a lower bound).
+    pytest.param({}, ["--set", "batch_size=100000"],
+                 "batch_size=100000 is more than the 4000 synthetic training images (synthetic_train_size)",
+                 id="batch-larger-than-the-data"),
+    pytest.param({}, ["--set", "synthetic_train_size=10", "--set", "batch_size=16"],
+                 "batch_size=16 is more than the 10 synthetic training images", id="data-smaller-than-the-batch"),
+    pytest.param({}, ["--set", "image_size=100000"], "a trial needs at least 43.4 EiB of memory (1 worker(s), each 43.4 EiB (data 122.8 TiB", id="image-size-beyond-memory"),
+    pytest.param({}, ["--set", "synthetic_test_size=100000000"], "a trial needs at least 858.4 GiB of memory (1 worker(s), "
+                 "each 858.4 GiB (data 286.1 GiB, evaluation 572.3 GiB", id="test-split-beyond-memory"),
+    pytest.param({}, ["--set", "train_languages=[en]"], "train_languages=['en']: with one training language every batch "
+                 "is monolingual (a cross-lingual draw can only pick that language), so the ratio that space "
+                 "'ratio_only' searches changes nothing", id="one-language-ratio-search"),
 ]
 
 
@@ -161,7 +179,7 @@ def test_the_ray_dashboard_binds_to_localhost(monkeypatch):
 
 
 # ---------------------------------------------------------------------------
-# Paths named by a space file stay inside its folder (the rule: study.preflight.contain_paths)
+# Paths named by a space file stay inside its folder (the rule: study.preflight.paths.contain_paths)
 # ---------------------------------------------------------------------------
 @pytest.fixture
 def outside(here) -> Path:

@@ -51,7 +51,7 @@ from study.spaces import PARAM_TYPES
 from trainables.config import TrialConfig
 
 CASE_TIMEOUT_S = 20.0  # far above a case's ~0.1 s: only a hang reaches it
-BUDGET_S = {"set": 12.0, "flags": 12.0, "space": 18.0, "space-text": 8.0}  # seconds of cases per test
+BUDGET_S = {"set": 12.0, "flags": 12.0, "space": 18.0, "space-text": 8.0, "sizes": 8.0}  # seconds of cases per test
 FUZZ_EXAMPLES = int(os.environ.get("MLCLIP_FUZZ_EXAMPLES", "500"))
 FIELDS = sorted(TrialConfig.__dataclass_fields__)
 COUNTS: dict[str, int] = {}
@@ -267,6 +267,22 @@ def test_random_space_yaml(here, capsys, doc):
 @given(text=st.one_of(mutated_space(), st.text(max_size=200)))
 def test_mutated_and_raw_space_text(here, capsys, text):
     check_case(capsys, "space-text", ["--space", "fuzz.yaml"], {"fuzz.yaml": text})
+
+
+# Sizes across magnitudes reach the size checks and the memory estimate (trainables/memory.py).
+SIZE_FIELDS = ("image_size", "synthetic_train_size", "synthetic_test_size", "batch_size", "eval_k",
+               "intermediate_eval_images", "steps_per_epoch")
+size_value = st.one_of(st.integers(-3, 2**64), st.integers(1, 4096), st.sampled_from([8, 16, 31, 32, 33, 10**9, 2**31]))
+
+
+@FUZZ
+@given(items=st.lists(st.tuples(st.sampled_from(SIZE_FIELDS), size_value), min_size=1, max_size=4),
+       workers=st.sampled_from([None, "1", "2"]))
+def test_random_sizes(here, capsys, items, workers):
+    argv = ["--space", "smoke", *(["--workers-per-trial", workers, "--num-cpus", "2"] if workers else [])]
+    for key, value in items:
+        argv += ["--set", f"{key}={value}"]
+    check_case(capsys, "sizes", argv)
 
 
 def test_zz_report_fuzz_counts(capsys):

@@ -219,7 +219,7 @@ def test_a_resume_checks_its_data_again(here, capsys):
 # ---------------------------------------------------------------------------
 def test_the_known_metrics_are_what_a_real_trial_reports(tiny_config):
     """Every name a real (tiny, local) trial reports at its evaluated epoch is known; every known one is reported."""
-    from study.preflight import known_metrics
+    from study.preflight.metrics import known_metrics
     from trainables.train import run_local
 
     config = tiny_config.replace(epochs=1, steps_per_epoch=1, eval_k=10)

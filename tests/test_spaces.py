@@ -7,7 +7,8 @@ import textwrap
 import pytest
 
 from search_spaces import available_spaces
-from study.preflight import build_trial_config, load_space, validate_space
+from study.preflight.configs import build_trial_config, validate_space
+from study.preflight.paths import load_space
 from study.spaces import SpaceError, parse_space, validation_points
 from trainables.config import TrialConfig
 

@@ -17,7 +17,9 @@ import pytest
 from trainables.config import TrialConfig
 
 from study import run as study_run
-from study import preflight, prepare
+from study import prepare
+from study.preflight import PreflightError
+from study.preflight.paths import load_space
 from study.cluster import (
     DRIVER_RESOURCE,
     Capacity,
@@ -139,7 +141,7 @@ def test_base_config_layers_defaults_space_and_flags(here):
     args = study_run.build_parser().parse_args(
         ["--epochs", "2", "--seed", "7", "--set", "lr=1e-3", "--eval-data", "xtd", "--workers-per-trial", "2"]
     )
-    space = preflight.load_space("ratio_only")
+    space = load_space("ratio_only")
     (here / "xtd").mkdir()
     base = prepare.base_config(space, args)
     assert "ratio" not in base  # searched: Tune supplies it
@@ -150,7 +152,7 @@ def test_base_config_layers_defaults_space_and_flags(here):
 
 def test_seed_flag_does_not_override_a_searched_seed(here):
     args = study_run.build_parser().parse_args(["--seed", "5"])
-    base = prepare.base_config(preflight.load_space("ratio_grid"), args)
+    base = prepare.base_config(load_space("ratio_grid"), args)
     assert "seed" not in base
 
 
@@ -360,7 +362,7 @@ def test_a_study_resumes_only_with_the_trial_function_it_started_with(here):
     state, _ = prepare.prepare_new(study_run.build_parser().parse_args(["--name", "f"]), "tests.standins:DirectStandIn")
     save_state(state)
     resume = study_run.build_parser().parse_args(["--resume", "--name", "f"])
-    with pytest.raises(preflight.PreflightError, match="runs the trial function tests.standins:DirectStandIn, not "
+    with pytest.raises(PreflightError, match="runs the trial function tests.standins:DirectStandIn, not "
                                                    "trainables.driver:fit_trial; resume it with the same one"):
         prepare.prepare_resume(resume)
     assert prepare.prepare_resume(resume, "tests.standins:DirectStandIn")[0].fit == "tests.standins:DirectStandIn"

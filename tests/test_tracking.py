@@ -13,7 +13,7 @@ import pytest
 from trainables.config import TrialConfig
 from trainables.metric_names import MAX_LOGGED_METRICS
 from trainables.mlflow_layout import FULL_METRICS_FILE, TAG_PARENT, TAG_REASON, TAG_TRIAL_ID, mlflow_metric_key, trial_run_name
-from study.preflight import check_tracking_uri
+from study.preflight.paths import check_tracking_uri
 from trainables.mlflow_store import TrackingError, client_for, prepare_store, resolve_tracking_uri
 from trainables.trial_run import (
     TrackingInfo,

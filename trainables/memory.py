@@ -11,11 +11,11 @@ What it counts, per worker, in bytes (each a floor: real use is higher):
   (the evaluator scores in blocks of that size) or of the whole ``[N_test * L, N_test * L]``
   when that is smaller.
 * **model**: the weights, their gradients and AdamW's two moments (4 x float32 per
-  parameter) of the two transformer towers, and the activations a backward pass keeps for
-  one local batch: per vision layer ``B * T * W`` floats for its input, and the attention
-  scores ``B * H * T * T``, with ``T = (S / patch)^2 + 1`` tokens. Parameters are counted
-  from open_clip's config of the model (``vision_cfg``, ``text_cfg``); a tower it describes
-  otherwise (timm, Hugging Face) counts as zero.
+  parameter) of the transformer layers of both towers (:func:`counted_parameters`: 12 W^2 a
+  layer, from open_clip's config of the model; a tower it describes otherwise, timm or
+  Hugging Face, counts as zero), and the activations a backward pass keeps for one local
+  batch: per vision layer ``B * T * W`` floats for its input and the attention scores
+  ``B * H * T * T``, with ``T = (S / patch)^2 + 1`` tokens and ``B = batch_size / num_workers``.
 
 The bound is meant to catch settings that cannot fit at all (an ``image_size`` of 100000,
 a test split of 10^8 images), not to predict use: it leaves out the framework's own
@@ -24,8 +24,9 @@ memory, the data loader's copies and the text activations.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
 
 from trainables.languages import LANGUAGES
 from trainables.metrics import DEFAULT_CHUNK_ELEMENTS
@@ -51,15 +52,35 @@ class MemoryEstimate:
                 f"model {gib(self.model)})")
 
 
+def machine_memory() -> Optional[int]:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def gib(n_bytes: float) -> str:
-    """``n_bytes`` in GiB, for messages."""
-    return f"{n_bytes / 2**30:.1f} GiB"
+    """``n_bytes`` for messages: in GiB, or TiB ... EiB when larger (``12.3 GiB``, ``5.2 PiB``)."""
+    value, unit = n_bytes / 2**30, "GiB"
+    for bigger in ("TiB", "PiB", "EiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}" if value < 1e5 else f"{value:.1e} {unit}"
 
 
-def _tower_params(layers: int, width: int, vocab_or_patches: int, context: int) -> int:
-    """Parameters of a pre-norm transformer tower: 12 W^2 per layer (attention 4 W^2, MLP 8 W^2)
-    plus its embedding table and positions."""
-    return layers * 12 * width * width + (vocab_or_patches + context) * width
+def counted_parameters(model_cfg: Mapping) -> int:
+    """The parameters the estimate counts: 12 W^2 per transformer layer of each tower open_clip's
+    config describes (attention 4 W^2, MLP 8 W^2), leaving out embeddings, norms and biases, whose
+    size depends on the tokenizer and the patching."""
+    total = 0
+    for tower in ("vision_cfg", "text_cfg"):
+        cfg = model_cfg.get(tower) or {}
+        width, layers = cfg.get("width"), cfg.get("layers")
+        if isinstance(width, int) and isinstance(layers, int):
+            total += layers * 12 * width * width
+    return total
 
 
 def estimate_worker_memory(config, model_cfg: Mapping, synthetic: bool) -> MemoryEstimate:
@@ -78,18 +99,12 @@ def estimate_worker_memory(config, model_cfg: Mapping, synthetic: bool) -> Memor
     evaluation = FLOAT * (n_test * (1 + len(LANGUAGES)) * embed + min(pool * pool, DEFAULT_CHUNK_ELEMENTS))
 
     vision = model_cfg.get("vision_cfg") or {}
-    text = model_cfg.get("text_cfg") or {}
-    params = 0
     activations = 0
     patch, width, layers = vision.get("patch_size"), vision.get("width"), vision.get("layers")
     if isinstance(patch, int) and isinstance(width, int) and isinstance(layers, int) and patch > 0:
         tokens = (side // patch) ** 2 + 1
         heads = max(1, width // int(vision.get("head_width") or 64))
         batch = max(1, int(config.batch_size) // max(1, int(config.num_workers)))
-        params += _tower_params(layers, width, 3 * patch * patch, tokens)
-        activations += layers * batch * tokens * (width + heads * tokens) * FLOAT
-    t_width, t_layers = text.get("width"), text.get("layers")
-    if isinstance(t_width, int) and isinstance(t_layers, int):
-        params += _tower_params(t_layers, t_width, int(text.get("vocab_size") or 0), int(text.get("context_length") or 0))
-    model = 4 * FLOAT * params + activations
+        activations = layers * batch * tokens * (width + heads * tokens) * FLOAT
+    model = 4 * FLOAT * counted_parameters(model_cfg) + activations
     return MemoryEstimate(data=data, evaluation=evaluation, model=model)
