@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
 
-from study.mlflow_runs import children_of, download_artifact
+from study.mlflow_runs import children_of
+from trainables.errors import one_line
 from trainables import per_query
 from trainables.mlflow_layout import COMPLETED, PER_QUERY_FILE
+from trainables.mlflow_store import TrackingError, fetch_artifact
 
 
 
@@ -38,18 +40,47 @@ def load_trial_queries(path: Union[str, Path], trial_id: str, ratio: float, seed
     return TrialQueries(trial_id=str(trial_id), ratio=float(ratio), seed=int(seed), arrays=per_query.load(path))
 
 
-def trial_queries(client, experiment_id: str, parent_run_id: str, records: Sequence) -> list[TrialQueries]:
+@dataclass
+class AnswerInput:
+    """What the answer is computed from: ``trials``, the completed trials' per-query arrays, and
+    ``left_out``, trial id -> why a completed trial is not among them (said with the answer)."""
+
+    trials: list
+    left_out: dict = field(default_factory=dict)
+
+
+def trial_queries(client, experiment_id: str, parent_run_id: str, records: Sequence) -> AnswerInput:
     """The per-query arrays of a study's completed trials (``records``: ``trial_id``, ``status``,
-    ``params``), from their child runs' :data:`~trainables.mlflow_layout.PER_QUERY_FILE`; trials
-    without the artifact (an older or a stand-in trial) are left out."""
-    runs, out = children_of(client, experiment_id, parent_run_id), []
+    ``params``), from their child runs' :data:`~trainables.mlflow_layout.PER_QUERY_FILE`. A completed
+    trial without the file (an older or a stand-in trial), or whose file cannot be read, is left
+    out, with its reason."""
+    runs, out = children_of(client, experiment_id, parent_run_id), AnswerInput([])
     with tempfile.TemporaryDirectory() as folder:
         for record in records:
+            if record.status != COMPLETED:
+                continue
             run = runs.get(record.trial_id)
             ratio, seed = record.params.get("ratio"), record.params.get("seed") or 0
-            if record.status != COMPLETED or run is None or not isinstance(ratio, (int, float)):
+            if run is None:
+                out.left_out[record.trial_id] = "no MLflow run"
                 continue
-            path = download_artifact(client, run.info.run_id, PER_QUERY_FILE, folder)
-            if path is not None:
-                out.append(load_trial_queries(path, record.trial_id, float(ratio), int(seed)))
+            if not isinstance(ratio, (int, float)):
+                out.left_out[record.trial_id] = "no ratio param"
+                continue
+            try:
+                path = fetch_artifact(client, run.info.run_id, PER_QUERY_FILE, folder)
+                if path is None:
+                    out.left_out[record.trial_id] = f"no {PER_QUERY_FILE} (an older or a stand-in trial)"
+                    continue
+                out.trials.append(load_trial_queries(path, record.trial_id, float(ratio), int(seed)))
+            except (TrackingError, OSError, ValueError, KeyError) as err:  # unreadable: said, not dropped
+                out.left_out[record.trial_id] = f"{PER_QUERY_FILE} unreadable: {one_line(err)}"
     return out
+
+
+def left_out_line(left_out: dict) -> str:
+    """``Left out of the answer: 2 completed trials: ab12 (reason); cd34 (reason).`` ('' for none)."""
+    if not left_out:
+        return ""
+    items = "; ".join(f"{trial} ({why})" for trial, why in left_out.items())
+    return f"Left out of the answer: {len(left_out)} completed trial{'s' if len(left_out) > 1 else ''}: {items}."

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from study import outputs
+from study.answer import AnswerInput, left_out_line
 from study.results import BIAS_METRIC, FAILED, TARGET_METRIC, TrialRecord, best_record, pareto_front, table
 from study.spaces import SearchSpace
 from study.state import StudyState
@@ -109,22 +110,26 @@ def summarize(
     output_dir: Path,
     title: str = "",
     extra_params: Sequence[str] = (),
-    queries: Sequence = (),
+    answer_input: Optional[AnswerInput] = None,
     target_halfwidth: float = 0.02,
 ) -> Summary:
     """Table, best config (or Pareto front), failures; write CSV, figure(s) and best config.
 
-    ``queries``: the completed trials' per-query AP arrays (:class:`study.answer.TrialQueries`);
-    with them the answer (per family and setting, with intervals: :func:`study.outputs.study_answer`)
+    ``answer_input``: the completed trials' per-query AP arrays and the trials left out of them
+    (:func:`study.answer.trial_queries`); with them the answer (per family and setting, with intervals: :func:`study.outputs.study_answer`)
     is printed and saved as ``answer.csv``, ``answer.md`` and the figure; ``target_halfwidth`` is the
     half-width whose seed count the answer estimates for each unresolved comparison.
     """
     metric, mode = objectives[0]["metric"], objectives[0]["mode"]
     headers, rows = table(records, extra_params)
     parts = [format_table(headers, rows) if rows else "(no trials)"]
+    queries = answer_input.trials if answer_input else []
+    left_out = left_out_line(answer_input.left_out) if answer_input else ""
     answer = outputs.study_answer(queries, target=target_halfwidth) if queries else None
     if answer is not None:
         parts.append(_answer_text(answer, queries))
+    if left_out:
+        parts.append(left_out)
     best = best_record(records, metric, mode)
     front = pareto_front(records, objectives) if len(objectives) > 1 else []
     if front:
@@ -136,7 +141,8 @@ def summarize(
         parts.append("Failed trials:\n" + "\n".join(f"  {r.trial_id}: {r.reason or 'unknown reason'}" for r in failed))
     files = outputs.write_outputs(records, objectives, best, front, output_dir, title, answer)
     parts.append("Saved to " + str(output_dir) + ":\n" + "\n".join(f"  {p.name}" for p in files))
-    return Summary("\n\n".join(parts), best, front, files, answer.markdown if answer else "")
+    markdown = "\n\n".join(part for part in (answer.markdown if answer else "", left_out) if part)
+    return Summary("\n\n".join(parts), best, front, files, markdown)
 
 
 def _best_text(best: TrialRecord, metric: str, mode: str, extra_params: Sequence[str]) -> str:

@@ -25,11 +25,11 @@ from study.cluster import (
     start_ray,
 )
 from study.answer import trial_queries
+from study.race import RACE_REPORT, read_race_report, write_race_report
 from study.results import FAILED, UNFINISHED, TrialRecord, records_from_results
 from study.spaces import SearchSpace
 from study.state import StudyState, describe, save_state
 from study.storage import is_uri
-from study.race import RACE_REPORT, read_race_report, write_race_report
 from study.tuning import build_tuner, can_restore, restore_tuner
 from study.parent_run import (
     close_parent_run,
@@ -40,6 +40,7 @@ from study.parent_run import (
     reopen_parent_run,
     start_parent_run,
 )
+from trainables.errors import one_line
 from trainables.mlflow_layout import BASE_CONFIG_FILE, SPACE_FILE
 from trainables.mlflow_store import TrackingError, client_for
 from trainables.trial_run import TrackingInfo
@@ -74,13 +75,13 @@ def run_study(state: StudyState, space: SearchSpace, args: Any, fit: Callable) -
         if not state.parent_run_id:
             console.say("\nInterrupted before the study started; nothing to resume.")
             return EXIT_INTERRUPTED
-        _safe(lambda: close_parent_run(client, state.parent_run_id, "KILLED"))
+        _safe(lambda: close_parent_run(client, state.parent_run_id, "KILLED"), "mark the parent run KILLED")
         console.say(f"\nInterrupted. Resume with:\n  {resume_command(state)}")
         return EXIT_INTERRUPTED
     except (TrackingError, ClusterError):
         raise  # bad input: one line from study.run
     except Exception as err:  # noqa: BLE001 - Tune/Ray failure: one line and the way back
-        console.error(f"the study stopped: {' '.join(str(err).split())[:500]}")
+        console.error(f"the study stopped: {one_line(err)}")
         console.say(f"Resume with:\n  {resume_command(state)}")
         return EXIT_FAILED
     finally:
@@ -152,8 +153,8 @@ def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, sec
     cut_short = race.stop_reason is None if race is not None else len(records) < state.num_trials
     interrupted = cut_short or any(r.status == UNFINISHED for r in records)
     title = f"{state.name}: mAP@100 per family vs ratio"
-    queries = trial_queries(client, state.experiment_id, state.parent_run_id, records)
-    summary = console.summarize(records, state.objectives, Path(state.output_dir), title, space.param_names, queries,
+    answer_input = trial_queries(client, state.experiment_id, state.parent_run_id, records)
+    summary = console.summarize(records, state.objectives, Path(state.output_dir), title, space.param_names, answer_input,
                                 target_halfwidth=space.target_halfwidth or 0.02)
     planned = f"at most {state.num_trials}" if race is not None else str(state.num_trials)
     console.say(f"\nTrials of study {state.name} ({len(records)}/{planned}, {seconds:.0f} s):\n")
@@ -177,8 +178,9 @@ def _attach_reasons(records: list[TrialRecord], reasons: dict[str, str]) -> None
             record.reason = reasons[record.trial_id]
 
 
-def _safe(action) -> None:
+def _safe(action, what: str) -> None:
+    """Run ``action`` while exiting on Ctrl-C; a failure is said in one line, not raised over the way back."""
     try:
         action()
-    except Exception:  # noqa: BLE001 - best effort while exiting
-        pass
+    except Exception as err:  # noqa: BLE001 - exiting anyway: say it, then show how to resume
+        console.say(f"note: could not {what}: {one_line(err)} (a --resume reopens and closes it)")

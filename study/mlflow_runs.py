@@ -98,14 +98,6 @@ def parse_param(text: Optional[str]) -> Any:
     return text
 
 
-def download_artifact(client, run_id: str, path: str, folder: str) -> Optional[str]:
-    """The local copy of artifact ``path`` of run ``run_id`` in ``folder``, or None when there is none."""
-    try:
-        return client.download_artifacts(run_id, path, folder)
-    except Exception:  # noqa: BLE001 - no such artifact (e.g. an older or a stand-in trial)
-        return None
-
-
 __all__ = [
     "child_runs_of",
     "children_of",
@@ -113,5 +105,4 @@ __all__ = [
     "read_trial_run",
     "trial_runs",
     "parse_param",
-    "download_artifact",
 ]

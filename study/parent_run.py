@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Optional
 from study.mlflow_runs import children_of
 from trainables import metric_names as names
 from trainables.config import ConfigError, TrialConfig
+from trainables.errors import one_line
 from trainables.mlflow_layout import (
     COMPLETED,
     EARLY_STOPPED,
@@ -92,8 +93,10 @@ def reopen_parent_run(client, run_id: str) -> None:
     """Mark a resumed study's parent run RUNNING again; TrackingError when it is gone."""
     try:
         run = client.get_run(run_id)
-    except Exception as err:  # noqa: BLE001
-        raise TrackingError(f"the study's parent MLflow run {run_id} is gone ({type(err).__name__})") from None
+    except Exception as err:  # noqa: BLE001 - any store error is one line; a missing run is told apart
+        if getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            raise TrackingError(f"the study's parent MLflow run {run_id} is gone") from None
+        raise TrackingError(f"cannot read the study's parent MLflow run {run_id}: {one_line(err)}") from None
     if run.info.status != "RUNNING":
         client.update_run(run_id, status="RUNNING")
 

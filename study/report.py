@@ -64,9 +64,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     records = records_from_mlflow(client, experiment.experiment_id, parent.info.run_id)
     out = Path(args.output_dir or Path("study_results") / args.experiment / "report").resolve()
     space_params = [k for k in SEARCHED_PARAMS if k != "seed" and any(k in r.params for r in records)]
-    queries = trial_queries(client, experiment.experiment_id, parent.info.run_id, records)
+    answer_input = trial_queries(client, experiment.experiment_id, parent.info.run_id, records)
     summary = console.summarize(records, objectives_of(parent), out, f"{args.experiment}: mAP@100 per family vs ratio",
-                                space_params, queries)
+                                space_params, answer_input)
     console.say(f"Study {args.experiment} (parent run {parent.info.run_id}, {parent.info.status}), {len(records)} trials:\n")
     console.say(summary.text)
     console.say(f"\nMLflow UI: {console.mlflow_ui_command(uri, experiment.experiment_id)}")

@@ -77,7 +77,7 @@ def written(tmp_path_factory):
     run.log_per_query(per_query)
     run.finish("FINISHED")
     record = SimpleNamespace(trial_id="t1", status=COMPLETED, params={"ratio": 0.5, "seed": 1})
-    (trial,) = trial_queries(client, experiment_id, parent, [record])
+    (trial,) = trial_queries(client, experiment_id, parent, [record]).trials
     assert (trial.trial_id, trial.ratio, trial.seed) == ("t1", 0.5, 1)
     assert trial.arrays.keys() == per_query.keys()
     return metrics, trial.arrays

@@ -47,6 +47,7 @@ TAG_REASON = "mlclip.failure_reason"
 TAG_RESTARTED_AFTER = "mlclip.restarted_after"  # the failure an attempt of this trial restarted from
 TAG_COMPLETED = "mlclip.completed"  # "true" once the trial's fit returned successfully
 TAG_EARLY_STOPPED = "mlclip.early_stopped"
+TAG_INCOMPLETE = "mlclip.incomplete"  # why some of a trial's metrics or artifacts are missing from its run
 TAG_SPACE = "mlclip.space"
 TAG_DESCRIPTION = "mlflow.note.content"  # MLflow's description of an experiment or run (rendered as markdown)
 ROLE_STUDY, ROLE_TRIAL = "study", "trial"  # the values of TAG_ROLE

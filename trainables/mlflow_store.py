@@ -107,6 +107,23 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def fetch_artifact(client, run_id: str, path: str, folder: str) -> Optional[str]:
+    """The local copy, in ``folder``, of artifact ``path`` of run ``run_id``; None when the run has
+    no such artifact. TrackingError (one line) when it has one that cannot be read, or when the
+    store cannot say: a reader must not take an unreadable file for a missing one."""
+    parent = os.path.dirname(path) or None
+    try:
+        listed = {a.path for a in client.list_artifacts(run_id, parent)}
+    except Exception as err:  # noqa: BLE001 - any store failure: say which run, in one line
+        raise TrackingError(f"cannot list the artifacts of run {run_id}: {one_line(err)}") from None
+    if path not in listed:
+        return None
+    try:
+        return client.download_artifacts(run_id, path, folder)
+    except Exception as err:  # noqa: BLE001 - any store failure: say which file, in one line
+        raise TrackingError(f"artifact {path} of run {run_id} cannot be read: {one_line(err)}") from None
+
+
 __all__ = [
     "DEFAULT_TRACKING_URI",
     "TrackingError",
@@ -114,4 +131,5 @@ __all__ = [
     "sqlite_path",
     "prepare_store",
     "client_for",
+    "fetch_artifact",
 ]

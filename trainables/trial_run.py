@@ -17,6 +17,7 @@ so there is never a second run per trial.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import numbers
 import tempfile
@@ -36,11 +37,14 @@ from trainables.mlflow_layout import (
     TAG_REASON,
     TAG_RESTARTED_AFTER,
     TAG_ROLE,
+    TAG_INCOMPLETE,
     TAG_TRIAL_ID,
     mlflow_metric_key,
 )
 from trainables.errors import one_line
-from trainables.mlflow_store import TrackingError, client_for
+from trainables.mlflow_store import TrackingError, client_for, fetch_artifact
+
+log = logging.getLogger(__name__)
 
 # Never logged as metrics: bookkeeping, not measurements.
 JUNK_KEYS = frozenset(
@@ -208,7 +212,7 @@ class TrialRun:
         try:
             self._client = client_for(info.tracking_uri)
             run = open_trial_run(self._client, info, config)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - any store failure fails the trial with this one line as its reason
             raise TrackingError(f"cannot open the MLflow run of trial {info.trial_id}: {one_line(err)}") from err
         self.run_id = run.info.run_id
         self._last_step = last_logged_step(self._client, run)
@@ -250,13 +254,21 @@ class TrialRun:
             self._client.log_artifact(self.run_id, str(path))
 
     def _logged_rows(self) -> list[tuple[int, str, float]]:
-        """The rows an earlier attempt of this trial wrote (a restarted trial continues the file)."""
+        """The rows an earlier attempt of this trial wrote (a restarted trial continues the file).
+
+        None written yet: no rows. Written but unreadable: the trial goes on, and its run says
+        so (tag :data:`~trainables.mlflow_layout.TAG_INCOMPLETE`, and a warning), since the
+        earlier rows will then be missing from the file it rewrites."""
         with tempfile.TemporaryDirectory() as folder:
             try:
-                path = self._client.download_artifacts(self.run_id, FULL_METRICS_FILE, folder)
-            except Exception:  # noqa: BLE001 - no such artifact yet
+                path = fetch_artifact(self._client, self.run_id, FULL_METRICS_FILE, folder)
+                rows = read_full_metrics(path) if path is not None else []
+            except (TrackingError, OSError, ValueError, KeyError) as err:  # KeyError: a column missing
+                reason = f"the rows of {FULL_METRICS_FILE} before this restart are lost: {one_line(err)}"
+                log.warning("trial %s: %s", self.info.trial_id, reason)
+                self._client.set_tag(self.run_id, TAG_INCOMPLETE, reason)
                 return []
-            return [(step, name, value) for step, name, value in read_full_metrics(path) if step <= self._last_step]
+            return [(step, name, value) for step, name, value in rows if step <= self._last_step]
 
     def log_per_query(self, arrays: Mapping[str, Any]) -> None:
         """Save the final evaluation's per-query AP arrays as the run's artifact :data:`PER_QUERY_FILE`
