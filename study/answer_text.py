@@ -17,6 +17,7 @@ from study.answer_stats import (
     hypotheses_numbers,
     resolution_numbers,
 )
+from trainables.mlflow_layout import ratio_label
 
 
 def _not_tried(missing: Sequence[float]) -> str:
@@ -102,28 +103,63 @@ def _hypotheses(analysis: _Analysis, confidence: float) -> list[str]:
     return lines
 
 
-def answer_markdown(rows: Sequence[dict], best: Sequence[dict], sentence: str, notes: Sequence[str] = ()) -> str:
-    """A short markdown summary: best ratio per (setting, family) with its interval, then ``sentence``
-    and ``notes`` (lines: the resolution and hypotheses of :func:`study.outputs.study_answer`).
+RATIO_MEANING = ("The ratio is the share of monolingual batches in training: each step's batch is monolingual (every "
+                 "caption in one language) with probability `ratio`, else cross-lingual (each caption's language "
+                 "drawn on its own); 0 = all cross-lingual, 1 = all monolingual.")
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain aligned text table (numbers right-aligned, the last column free-form)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row[:-1]):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        body = [c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells[:-1], widths))]
+        return "  ".join(body + [cells[-1]])
+
+    rule = "  ".join("-" * w for w in widths[:-1]) + "  " + "-" * max(6, widths[-1])
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def best_ratio_sentence(best: dict) -> str:
+    """The study's one "best" in words: the answer's best mean on the objective, with its interval
+    (``best``: :attr:`study.outputs.Answer.best_ratio`)."""
+    others = [ratio_label(r) for r in best["plausible"] if r != best["ratio"]]
+    tied = f"; not distinguishable from it: ratio {', '.join(others)}" if others else "; better than every other ratio tried"
+    return (f"Best ratio (the answer: best mean over {best['n_seeds']} seeds of multilingual mAP@100): "
+            f"{ratio_label(best['ratio'])}, {best['mean']:.3f} [{best['ci_low']:.3f}, {best['ci_high']:.3f}]{tied}")
+
+
+def answer_markdown(rows: Sequence[dict], best: Sequence[dict], sentence: str, notes: Sequence[str] = (),
+                    best_ratio: Optional[dict] = None) -> str:
+    """The answer as the MLflow parent run's description (and ``answer.md``): the verdict first (the
+    ends ``sentence``, what the ratio means, the best ratio), then the best ratio per (setting,
+    family) with its interval as a fixed-width table (MLflow's markdown tables have no cell
+    padding), then ``notes`` (the resolution and hypotheses of :func:`study.outputs.study_answer`).
 
     rows: :func:`study.answer_stats.answer_rows`; best: :func:`study.answer_stats.best_ratios`; sentence:
-    :func:`ends_sentence`.
+    :func:`ends_sentence`; best_ratio: :attr:`study.outputs.Answer.best_ratio`.
     """
     by_cell = {(r["setting"], r["family"], _ratio_key(r["ratio"])): r for r in rows}
-    lines = [
-        "| setting | family | best ratio | plausible optimum | mean at best (CI) | seeds |",
-        "|---|---|---|---|---|---|",
-    ]
+    table = []
     for b in best:
         row = by_cell.get((b["setting"], b["family"], _ratio_key(b["best_ratio"])))
         ci = f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if row else f"{b['best_mean']:.3f}"
-        seeds = row["n_seeds"] if row else ""
-        lines.append(f"| {b['setting']} | {b['family']} | {b['best_ratio']:g} | "
-                     f"{b['set_low']:g} – {b['set_high']:g} | {ci} | {seeds} |")
-    note = "Bias: lower is better. The plausible optimum is every tried ratio not distinguishable from the best."
+        table.append([b["setting"], b["family"], ratio_label(b["best_ratio"]),
+                      f"{ratio_label(b['set_low'])} – {ratio_label(b['set_high'])}", ci, str(row["n_seeds"] if row else "")])
+    headers = ["setting", "family", "best ratio", "plausible optimum", "mean at best (95% CI)", "seeds"]
+    verdict = [f"**Verdict.** {sentence}", "", RATIO_MEANING]
+    if best_ratio is not None:
+        verdict += ["", f"**{best_ratio_sentence(best_ratio)}.**"]
+    note = ("Setting: how retrieval is evaluated (monolingual, cross-lingual, multilingual pool), not the batch "
+            "composition. Bias: lower is better. The plausible optimum is every tried ratio not distinguishable "
+            "from the best.")
     extra = ["", *(line.strip() if line.startswith("  ") else line for line in notes)] if notes else []
     extra = [f"- {line}" if i and not line.endswith(":") and line else line for i, line in enumerate(extra)]
-    return "\n".join(["## Answer", "", *lines, "", note, "", sentence, *extra, ""])
+    return "\n".join(["## Answer", "", *verdict, "", "### Best ratio per setting and family", "", "```",
+                      format_table(headers, table), "```", "", note, *extra, ""])
 
 
 def plot_answer(rows: Sequence[dict], path: Union[str, Path], title: str = "") -> Optional[Path]:

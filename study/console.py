@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from study import outputs
+from study.answer_text import best_ratio_sentence, format_table
 from study.answer import AnswerInput, left_out_line
 from study.results import BIAS_METRIC, FAILED, TARGET_METRIC, TrialRecord, best_record, pareto_front, table
 from study.spaces import SearchSpace
 from study.state import StudyState
 from trainables.metric_names import SEARCHED_PARAMS
+from trainables.mlflow_layout import ratio_label
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130  # the exit codes of study.run
 
@@ -34,21 +36,6 @@ def error(message: str) -> None:
 def say(message: str = "") -> None:
     """A line on stdout, flushed (Ray writes to the same terminal)."""
     print(message, flush=True)
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain aligned text table (numbers right-aligned, the last column free-form)."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row[:-1]):
-            widths[i] = max(widths[i], len(cell))
-
-    def line(cells: Sequence[str]) -> str:
-        body = [c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells[:-1], widths))]
-        return "  ".join(body + [cells[-1]])
-
-    rule = "  ".join("-" * w for w in widths[:-1]) + "  " + "-" * max(6, widths[-1])
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
 UI_PORT = 5000
@@ -98,10 +85,11 @@ class Summary:
     """What :func:`summarize` produced."""
 
     text: str
-    best: Optional[TrialRecord]
+    best: Optional[TrialRecord]  # the best single run (one seed)
     front: list = field(default_factory=list)
     files: list = field(default_factory=list)
     markdown: str = ""  # the answer's markdown summary (empty without per-query arrays)
+    best_ratio: Optional[dict] = None  # the answer's best ratio (outputs.Answer.best_ratio): the study's "best"
 
 
 def summarize(
@@ -122,12 +110,14 @@ def summarize(
     """
     metric, mode = objectives[0]["metric"], objectives[0]["mode"]
     headers, rows = table(records, extra_params)
-    parts = [format_table(headers, rows) if rows else "(no trials)"]
+    parts = []
     queries = answer_input.trials if answer_input else []
     left_out = left_out_line(answer_input.left_out) if answer_input else ""
     answer = outputs.study_answer(queries, target=target_halfwidth) if queries else None
-    if answer is not None:
+    if answer is not None:  # the answer first: what the study found, then what it is made of
         parts.append(_answer_text(answer, queries))
+        if answer.best_ratio is not None:
+            parts.append(best_ratio_sentence(answer.best_ratio))
     if left_out:
         parts.append(left_out)
     best = best_record(records, metric, mode)
@@ -136,20 +126,23 @@ def summarize(
         parts.append(_front_text(front, objectives))
     if best is not None:
         parts.append(_best_text(best, metric, mode, extra_params))
+    parts.append("Trials:\n" + format_table(headers, rows) if rows else "(no trials)")
     failed = [r for r in records if r.status == FAILED]
     if failed:
         parts.append("Failed trials:\n" + "\n".join(f"  {r.trial_id}: {r.reason or 'unknown reason'}" for r in failed))
     files = outputs.write_outputs(records, objectives, best, front, output_dir, title, answer)
     parts.append("Saved to " + str(output_dir) + ":\n" + "\n".join(f"  {p.name}" for p in files))
     markdown = "\n\n".join(part for part in (answer.markdown if answer else "", left_out) if part)
-    return Summary("\n\n".join(parts), best, front, files, markdown)
+    return Summary("\n\n".join(parts), best, front, files, markdown, answer.best_ratio if answer else None)
 
 
 def _best_text(best: TrialRecord, metric: str, mode: str, extra_params: Sequence[str]) -> str:
+    """The best single run: one seed, named as such (the answer weighs every seed)."""
     keys = list(dict.fromkeys([*SEARCHED_PARAMS, *extra_params]))
-    settings = ", ".join(f"{k}={best.params[k]}" for k in keys if k in best.params)
+    settings = ", ".join(f"{k}={ratio_label(best.params[k]) if k == 'ratio' else best.params[k]}"
+                         for k in keys if k in best.params)
     extras = f"{TARGET_METRIC}={best.value(TARGET_METRIC):.4f}, {BIAS_METRIC}={best.value(BIAS_METRIC):.4f}"
-    return f"Best trial ({metric}, {mode}): {best.trial_id}: {settings}\n  {extras}"
+    return f"Best single run ({metric}, {mode}; one seed, not the answer): {best.trial_id}: {settings}\n  {extras}"
 
 
 def _front_text(front: Sequence[TrialRecord], objectives: Sequence[dict]) -> str:

@@ -161,7 +161,8 @@ def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, sec
     if race is not None:
         console.say(f"Seeds: {race.summary()}\n")
     console.say(summary.text)
-    log_summary(client, state.parent_run_id, summary.best, state.metric, summary.files, summary.markdown)
+    log_summary(client, state.parent_run_id, summary.best, state.metric, summary.files, summary.markdown,
+                summary.best_ratio)
     close_parent_run(client, state.parent_run_id, "KILLED" if interrupted else "FINISHED")
     console.say(f"\nMLflow UI: {console.mlflow_ui_command(state.tracking_uri, state.experiment_id)}")
     if interrupted:

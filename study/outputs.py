@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from study.answer import TrialQueries
-from study.answer_metrics import COLUMNS
+from study.answer_metrics import COLUMNS, OBJECTIVE
 from study.answer_stats import _analyse, _best, _rows
 from study.answer_text import _ends, _hypotheses, _resolution, answer_markdown, plot_answer
 from study.results import TrialRecord, plot_families, plot_pareto, write_csv
@@ -38,9 +38,21 @@ class Answer:
         return [*self.resolution, *self.hypotheses]
 
     @property
+    def best_ratio(self) -> Optional[dict]:
+        """The study's one "best": the ratio with the best mean over seeds on the objective
+        (:data:`~study.answer_metrics.OBJECTIVE`), ``{ratio, mean, ci_low, ci_high, n_seeds, plausible}``
+        (``plausible``: the tried ratios not distinguishable from it); None without that cell."""
+        cell = next((b for b in self.best if (b["setting"], b["family"]) == OBJECTIVE), None)
+        if cell is None:
+            return None
+        row = next(r for r in self.rows if (r["setting"], r["family"]) == OBJECTIVE and r["ratio"] == cell["best_ratio"])
+        return {"ratio": cell["best_ratio"], "mean": row["mean"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+                "n_seeds": row["n_seeds"], "plausible": list(cell["plausible"])}
+
+    @property
     def markdown(self) -> str:
         """``answer.md`` (and the MLflow parent run's description): :func:`answer_markdown`."""
-        return answer_markdown(self.rows, self.best, self.sentence, self.notes)
+        return answer_markdown(self.rows, self.best, self.sentence, self.notes, self.best_ratio)
 
 
 def study_answer(trials: Sequence[TrialQueries], confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0,
@@ -67,6 +79,18 @@ def write_answer_csv(rows: Sequence[dict], path: Union[str, Path]) -> Path:
     return path
 
 
+def best_ratio_config(answer: Optional[Answer], records: Sequence[TrialRecord]) -> Optional[dict]:
+    """``best_config.json``'s ``best``: the answer's best ratio (:attr:`Answer.best_ratio`) with the
+    config to train it again (a trial's config at that ratio, without its seed); None without an answer."""
+    best = answer.best_ratio if answer is not None else None
+    if best is None:
+        return None
+    at_ratio = [r for r in records if isinstance(r.params.get("ratio"), (int, float))
+                and round(float(r.params["ratio"]), 9) == round(float(best["ratio"]), 9)]
+    config = {k: v for k, v in at_ratio[0].params.items() if k != "seed"} if at_ratio else {"ratio": best["ratio"]}
+    return {**best, "metric": "multilingual mAP@100 (i2t+t2t), mean over seeds", "config": config}
+
+
 def write_outputs(records: Sequence[TrialRecord], objectives: Sequence[dict], best: Optional[TrialRecord],
                   front: Sequence[TrialRecord], output_dir: Path, title: str,
                   answer: Optional[Answer] = None) -> list[Path]:
@@ -91,9 +115,8 @@ def write_outputs(records: Sequence[TrialRecord], objectives: Sequence[dict], be
     if best is not None:
         path = output_dir / layout.BEST_NAME
         payload = {
-            "trial_id": best.trial_id,
-            "config": best.params,
-            "metrics": best.metrics,
+            "best": best_ratio_config(answer, records),
+            "best_single_run": {"trial_id": best.trial_id, "config": best.params, "metrics": best.metrics},
             "pareto_front": [r.trial_id for r in front],
         }
         path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str), encoding="utf-8")

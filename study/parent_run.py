@@ -28,7 +28,7 @@ from trainables.mlflow_layout import (
     PARENT_ARTIFACT_DIR,
     ROLE_STUDY,
     SUMMARY_ARTIFACT_DIR,
-    TAG_BEST_TRIAL_ID,
+    TAG_BEST_SINGLE_RUN,
     TAG_COMPLETED,
     TAG_DESCRIPTION,
     TAG_EARLY_STOPPED,
@@ -39,6 +39,9 @@ from trainables.mlflow_layout import (
     best_metric,
     best_tag,
     parent_run_name,
+    ratio_label,
+    single_run_metric,
+    single_run_tag,
     trial_run_name,
 )
 from trainables.mlflow_store import TrackingError
@@ -158,20 +161,30 @@ def _open_failed_trial_run(client, parent: TrackingInfo, outcome: Any) -> Any:
     return open_trial_run(client, info, config)
 
 
-def log_summary(client, run_id: str, best: Any, metric: str, files: Iterable[Any], markdown: str = "") -> None:
-    """On the parent run: the best trial (``best``: ``trial_id``, ``params``, ``value(metric)``; or None)
-    as tags and a metric, the summary ``files`` as artifacts under ``summary/``, and the answer's
-    ``markdown`` as the run's description (MLflow renders it on the run page)."""
+def log_summary(client, run_id: str, best: Any, metric: str, files: Iterable[Any], markdown: str = "",
+                best_ratio: Optional[Mapping[str, Any]] = None) -> None:
+    """On the parent run: the study's best, the summary ``files`` as artifacts under ``summary/``, and
+    the answer's ``markdown`` as the run's description (MLflow renders it on the run page).
+
+    The best is the answer's (``best_ratio``: :attr:`study.outputs.Answer.best_ratio`): tag
+    ``best.ratio`` and the metrics ``best/METRIC/mean``, ``/ci_low``, ``/ci_high``. The best single
+    run (``best``: ``trial_id``, ``params``, ``value(metric)``; or None) is logged apart, under
+    ``best_single_run.*``: one seed, never called the best."""
     if markdown:
         client.set_tag(run_id, TAG_DESCRIPTION, markdown)
+    if best_ratio is not None:
+        client.set_tag(run_id, best_tag("ratio"), ratio_label(best_ratio["ratio"]))
+        for part in ("mean", "ci_low", "ci_high"):
+            if math.isfinite(best_ratio[part]):
+                client.log_metric(run_id, best_metric(metric, part), float(best_ratio[part]))
     if best is not None:
         shown = {k: v for k, v in best.params.items() if not isinstance(v, (list, tuple))}
-        client.set_tag(run_id, TAG_BEST_TRIAL_ID, best.trial_id)
+        client.set_tag(run_id, TAG_BEST_SINGLE_RUN, best.trial_id)
         for key in names.SEARCHED_PARAMS:
             if key in shown:
-                client.set_tag(run_id, best_tag(key), str(shown[key]))
+                client.set_tag(run_id, single_run_tag(key), ratio_label(shown[key]) if key == "ratio" else str(shown[key]))
         if math.isfinite(best.value(metric)):  # by either name: best.value resolves short names
-            client.log_metric(run_id, best_metric(metric), best.value(metric))
+            client.log_metric(run_id, single_run_metric(metric), best.value(metric))
     for path in files:
         if path and Path(path).is_file():
             client.log_artifact(run_id, str(path), artifact_path=SUMMARY_ARTIFACT_DIR)

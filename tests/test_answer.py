@@ -189,7 +189,9 @@ def test_ends_sentence_markdown_and_plot(tmp_path):
     assert "ratio 1 was not tried" in missing
     rows, best = answer_rows(trials, n_resamples=100), best_ratios(trials, n_resamples=100)
     text = answer_markdown(rows, best, sentence)
-    assert "| multilingual | i2t+t2t | 1 |" in text and sentence in text
+    assert text.startswith(f"## Answer\n\n**Verdict.** {sentence}\n\nThe ratio is the share of monolingual batches")
+    row = next(line for line in text.splitlines() if line.startswith("multilingual") and "i2t+t2t" in line)
+    assert row.split()[:3] == ["multilingual", "i2t+t2t", "1"]  # the best ratio of the objective
     png = plot_answer(rows, tmp_path / "answer.png", "tiny")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -209,7 +209,7 @@ def test_a_trial_run_is_a_nested_child_with_headlines_and_the_full_breakdown(sto
 
 
 def test_run_names_carry_the_searched_values():
-    assert trial_run_name("9925bc90", {"ratio": 0.020334471624930517, "seed": 1}) == "r=0.02 s=1 · 9925bc90"
+    assert trial_run_name("9925bc90", {"ratio": 0.020334471624930517, "seed": 1}) == "r=0.0203 s=1 · 9925bc90"
     assert trial_run_name("ab", {"seed": 2, "temperature": 0.0712, "ratio": 1.0, "batch_size": 64}) == (
         "r=1 t=0.071 b=64 s=2 · ab")
     assert trial_run_name("ab", {}) == "trial ab"

@@ -82,7 +82,7 @@ PARENT_ARTIFACT_DIR = "study"
 SPACE_FILE = "space.json"
 BASE_CONFIG_FILE = "base_config.json"
 SUMMARY_ARTIFACT_DIR = "summary"
-TAG_BEST_TRIAL_ID = "best.trial_id"
+TAG_BEST_SINGLE_RUN = "best_single_run.trial_id"  # the one run with the best value: one seed, not the answer
 
 # The study's summary files (its output folder, and SUMMARY_ARTIFACT_DIR of the parent run).
 CSV_NAME = "trials.csv"
@@ -101,24 +101,43 @@ def parent_run_name(study: str) -> str:
 
 
 def best_tag(param: str) -> str:
-    """The parent run's tag holding the best trial's value of searched parameter ``param``."""
+    """The parent run's tag holding the answer's best value of searched parameter ``param``
+    (``best.ratio``: the ratio with the best mean over seeds on the objective)."""
     return f"best.{param}"
 
 
-def best_metric(metric: str) -> str:
-    """The parent run's metric holding the best trial's value of ``metric``."""
-    return f"best/{metric}"
+def best_metric(metric: str, part: str = "mean") -> str:
+    """The parent run's metric holding the answer's best ratio's ``part`` of ``metric``: its ``mean``
+    over seeds and its interval's ``ci_low`` and ``ci_high`` (``best/map100/multilingual/mean``)."""
+    return f"best/{metric}/{part}"
+
+
+def single_run_tag(param: str) -> str:
+    """The parent run's tag holding the best single run's value of ``param``."""
+    return f"best_single_run.{param}"
+
+
+def single_run_metric(metric: str) -> str:
+    """The parent run's metric holding the best single run's value of ``metric`` (one seed)."""
+    return f"best_single_run/{metric}"
+
+
+def ratio_label(ratio: Any) -> str:
+    """The one way a ratio is written for people: 3 significant digits (``0.549``, ``0``, ``1``)."""
+    return f"{float(ratio):.3g}" if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) else str(ratio)
 
 
 def trial_run_name(trial_id: str, searched: Mapping[str, Any]) -> str:
     """A child run's name: the searched values, then the trial id: ``r=0.02 s=1 · 9925bc90``.
 
     Searched parameters come in :data:`~trainables.metric_names.SEARCHED_PARAMS` order, then the
-    others; numbers get 2 significant digits (the exact values are params and metrics).
+    others; the ratio as :func:`ratio_label` writes it, other numbers with 2 significant digits
+    (the exact values are params and metrics).
     """
     others = sorted(k for k in searched if k not in names.SEARCHED_PARAMS)
     order = [k for k in names.SEARCHED_PARAMS if k in searched] + others
-    parts = [f"{names.PARAM_ABBREVIATIONS.get(k, k)}={_short(searched[k])}" for k in order]
+    parts = [f"{names.PARAM_ABBREVIATIONS.get(k, k)}={ratio_label(searched[k]) if k == 'ratio' else _short(searched[k])}"
+             for k in order]
     return " ".join(parts + ["·", trial_id]) if parts else f"trial {trial_id}"
 
 

@@ -1,0 +1,81 @@
+"""One "best" everywhere: the answer's best mean over seeds, with its interval; a single run is only
+ever the "best single run". Checked in the console text, ``best_config.json`` and the parent run's
+tags and metrics (read back through MLflow's client, as the UI reads them)."""
+
+from __future__ import annotations
+
+import json
+
+from study.answer import AnswerInput, TrialQueries
+from study.console import summarize
+from study.parent_run import log_summary
+from study.results import COMPLETED, TrialRecord
+from tests.test_answer import tiny_arrays
+from trainables.languages import FAMILIES
+from trainables.mlflow_layout import (
+    TAG_BEST_SINGLE_RUN,
+    best_metric,
+    best_tag,
+    ratio_label,
+    single_run_metric,
+    single_run_tag,
+    trial_run_name,
+)
+from trainables.mlflow_store import client_for
+
+OBJECTIVES = [{"metric": "map100/multilingual", "mode": "max"}]
+# Ratio 0 is better on average (seeds 0-2); ratio 0.5488 has the one lucky run (seed 0).
+SHIFTS = {(0.0, 0): 0.10, (0.0, 1): 0.10, (0.0, 2): 0.11, (0.5488135, 0): 0.14, (0.5488135, 1): -0.05,
+          (0.5488135, 2): -0.04}
+
+
+def record(ratio: float, seed: int, value: float) -> TrialRecord:
+    metrics = {f"map100/multilingual/family/{f}": value for f in FAMILIES}
+    metrics.update({"map100/multilingual": value, "bias/multilingual": 1.0})
+    return TrialRecord(f"r{ratio}-s{seed}", COMPLETED, {"ratio": ratio, "seed": seed, "temperature": 0.07}, metrics, 2)
+
+
+def study(tmp_path):
+    trials = [TrialQueries(f"r{r}-s{s}", r, s, tiny_arrays(shift)) for (r, s), shift in SHIFTS.items()]
+    records = [record(r, s, 0.5 + shift) for (r, s), shift in SHIFTS.items()]
+    return records, summarize(records, OBJECTIVES, tmp_path, "t", answer_input=AnswerInput(trials))
+
+
+def test_the_best_is_the_answer_s_best_mean_and_a_single_run_is_named_as_such(tmp_path):
+    _, summary = study(tmp_path)
+    assert summary.best.params["ratio"] == 0.5488135  # the lucky single run
+    assert summary.best_ratio["ratio"] == 0.0  # the answer: the best mean over seeds
+    text = summary.text
+    assert "Best ratio (the answer: best mean over 3 seeds of multilingual mAP@100): 0, " in text
+    assert "Best single run (map100/multilingual, max; one seed, not the answer): r0.5488135-s0: ratio=0.549" in text
+    assert "Best trial" not in text
+    # the order: the answer first, then the trials it is made of
+    assert text.index("Answer (") < text.index("Best ratio") < text.index("Best single run") < text.index("Trials:")
+
+
+def test_best_config_json_holds_the_answer_s_best_and_the_single_run_apart(tmp_path):
+    _, summary = study(tmp_path)
+    saved = json.loads((tmp_path / "best_config.json").read_text())
+    assert saved["best"]["ratio"] == 0.0 and saved["best"]["n_seeds"] == 3
+    assert saved["best"]["ci_low"] <= saved["best"]["mean"] <= saved["best"]["ci_high"]
+    assert saved["best"]["config"] == {"ratio": 0.0, "temperature": 0.07}  # trains it again: no seed
+    assert saved["best_single_run"]["trial_id"] == "r0.5488135-s0"
+
+
+def test_the_parent_run_tags_and_metrics_name_the_same_best(tmp_path):
+    _, summary = study(tmp_path / "out")
+    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("best"), run_name="study-best").info.run_id
+    log_summary(client, run_id, summary.best, "map100/multilingual", summary.files, summary.markdown, summary.best_ratio)
+    data = client.get_run(run_id).data
+    assert data.tags[best_tag("ratio")] == "0"
+    assert data.metrics[best_metric("map100/multilingual")] == summary.best_ratio["mean"]
+    assert data.metrics[best_metric("map100/multilingual", "ci_low")] == summary.best_ratio["ci_low"]
+    assert data.tags[TAG_BEST_SINGLE_RUN] == "r0.5488135-s0" and data.tags[single_run_tag("ratio")] == "0.549"
+    assert data.metrics[single_run_metric("map100/multilingual")] == summary.best.value("map100/multilingual")
+    assert "best.trial_id" not in data.tags  # the old single-run "best" is gone
+
+
+def test_a_ratio_is_written_one_way():
+    assert [ratio_label(r) for r in (0, 1, 0.5488135039273248, 0.020334, 0.25)] == ["0", "1", "0.549", "0.0203", "0.25"]
+    assert trial_run_name("ab12", {"ratio": 0.5488135039273248, "seed": 2}) == "r=0.549 s=2 · ab12"
