@@ -90,6 +90,7 @@ class Summary:
     files: list = field(default_factory=list)
     markdown: str = ""  # the answer's markdown summary (empty without per-query arrays)
     best_ratio: Optional[dict] = None  # the answer's best ratio (outputs.Answer.best_ratio): the study's "best"
+    answer_rows: list = field(default_factory=list)  # the answer per (setting, family, ratio): answer_stats.answer_rows
 
 
 def summarize(
@@ -133,7 +134,8 @@ def summarize(
     files = outputs.write_outputs(records, objectives, best, front, output_dir, title, answer)
     parts.append("Saved to " + str(output_dir) + ":\n" + "\n".join(f"  {p.name}" for p in files))
     markdown = "\n\n".join(part for part in (answer.markdown if answer else "", left_out) if part)
-    return Summary("\n\n".join(parts), best, front, files, markdown, answer.best_ratio if answer else None)
+    return Summary("\n\n".join(parts), best, front, files, markdown, answer.best_ratio if answer else None,
+                   answer.rows if answer else [])
 
 
 def _best_text(best: TrialRecord, metric: str, mode: str, extra_params: Sequence[str]) -> str:

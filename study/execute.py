@@ -35,6 +35,7 @@ from study.parent_run import (
     close_parent_run,
     ensure_experiment,
     failure_reasons,
+    log_answer_by_ratio,
     log_summary,
     reconcile_children,
     reopen_parent_run,
@@ -163,6 +164,7 @@ def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, sec
     console.say(summary.text)
     log_summary(client, state.parent_run_id, summary.best, state.metric, summary.files, summary.markdown,
                 summary.best_ratio)
+    log_answer_by_ratio(client, state.parent_run_id, summary.answer_rows)
     close_parent_run(client, state.parent_run_id, "KILLED" if interrupted else "FINISHED")
     console.say(f"\nMLflow UI: {console.mlflow_ui_command(state.tracking_uri, state.experiment_id)}")
     if interrupted:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
@@ -36,6 +37,8 @@ from trainables.mlflow_layout import (
     TAG_ROLE,
     TAG_SPACE,
     TAG_STUDY,
+    RATIO_STEP,
+    answer_by_ratio_metric,
     best_metric,
     best_tag,
     parent_run_name,
@@ -159,6 +162,22 @@ def _open_failed_trial_run(client, parent: TrackingInfo, outcome: Any) -> Any:
     except ConfigError:
         config = dict(outcome.params)
     return open_trial_run(client, info, config)
+
+
+def log_answer_by_ratio(client, run_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
+    """The answer against the ratio, as metric histories of the parent run that MLflow's run page
+    charts without setup: per (setting, family) of multilingual retrieval and the objective, the
+    mean over seeds and its interval bounds at step = ratio x :data:`RATIO_STEP` (``rows``:
+    :func:`study.answer_stats.answer_rows`)."""
+    from mlflow.entities import Metric  # see module docstring
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(answer_by_ratio_metric(r["setting"], r["family"], part), float(r[part]), now,
+                      int(round(float(r["ratio"]) * RATIO_STEP)))
+               for r in rows if r["setting"] == "multilingual" for part in ("mean", "ci_low", "ci_high")
+               if math.isfinite(r[part])]
+    for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
 
 
 def log_summary(client, run_id: str, best: Any, metric: str, files: Iterable[Any], markdown: str = "",

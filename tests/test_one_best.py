@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from study.answer import AnswerInput, TrialQueries
 from study.console import summarize
-from study.parent_run import log_summary
+from study.parent_run import log_answer_by_ratio, log_summary
 from study.results import COMPLETED, TrialRecord
 from tests.test_answer import tiny_arrays
 from trainables.languages import FAMILIES
 from trainables.mlflow_layout import (
+    RATIO_STEP,
     TAG_BEST_SINGLE_RUN,
+    answer_by_ratio_metric,
     best_metric,
     best_tag,
     ratio_label,
@@ -79,3 +83,19 @@ def test_the_parent_run_tags_and_metrics_name_the_same_best(tmp_path):
 def test_a_ratio_is_written_one_way():
     assert [ratio_label(r) for r in (0, 1, 0.5488135039273248, 0.020334, 0.25)] == ["0", "1", "0.549", "0.0203", "0.25"]
     assert trial_run_name("ab12", {"ratio": 0.5488135039273248, "seed": 2}) == "r=0.549 s=2 · ab12"
+
+
+def test_the_answer_against_the_ratio_is_a_metric_history_the_ui_charts(tmp_path):
+    """The parent run's by_ratio/* histories: step = ratio in thousandths, value = the answer's row."""
+    _, summary = study(tmp_path / "out")
+    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("curve"), run_name="study-curve").info.run_id
+    log_answer_by_ratio(client, run_id, summary.answer_rows)
+    expected = {round(r["ratio"] * RATIO_STEP): r for r in summary.answer_rows
+                if (r["setting"], r["family"]) == ("multilingual", "i2t+t2t")}
+    for part in ("mean", "ci_low", "ci_high"):
+        history = client.get_metric_history(run_id, answer_by_ratio_metric("multilingual", "i2t+t2t", part))
+        assert {m.step: m.value for m in history} == pytest.approx({step: r[part] for step, r in expected.items()})
+    assert set(expected) == {0, 549}
+    germanic = client.get_metric_history(run_id, "by_ratio/multilingual/germanic/mean")
+    assert len(germanic) == 2  # one point per tried ratio, for every family of multilingual retrieval

@@ -112,6 +112,17 @@ def best_metric(metric: str, part: str = "mean") -> str:
     return f"best/{metric}/{part}"
 
 
+RATIO_STEP = 1000  # an answer-by-ratio metric's step is the ratio in thousandths: the UI draws it against the ratio
+
+
+def answer_by_ratio_metric(setting: str, family: str, part: str) -> str:
+    """The parent run's metric whose history is the answer against the ratio (step: ratio x
+    :data:`RATIO_STEP`): ``part`` (``mean``, ``ci_low``, ``ci_high``) of (setting, family), e.g.
+    ``by_ratio/multilingual/germanic/mean``; the objective is ``by_ratio/objective/mean``."""
+    cell = "objective" if (setting, family) == ("multilingual", "i2t+t2t") else f"{setting}/{family}"
+    return f"by_ratio/{cell}/{part}"
+
+
 def single_run_tag(param: str) -> str:
     """The parent run's tag holding the best single run's value of ``param``."""
     return f"best_single_run.{param}"
