@@ -14,7 +14,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from study import outputs
 from study.answer_text import best_ratio_sentence, format_table
@@ -136,6 +136,15 @@ def summarize(
     markdown = "\n\n".join(part for part in (answer.markdown if answer else "", left_out) if part)
     return Summary("\n\n".join(parts), best, front, files, markdown, answer.best_ratio if answer else None,
                    answer.rows if answer else [])
+
+
+def importance_text(importance: Mapping[str, Mapping[str, float]]) -> str:
+    """Parameter importance per objective, most important first (:func:`study.tuning.parameter_importance`)."""
+    lines = ["Parameter importance (fANOVA over the Optuna study's trials; shares of each objective's variance):"]
+    for metric, shares in importance.items():
+        ranked = sorted(shares.items(), key=lambda item: -item[1])
+        lines.append(f"  {metric}: " + ", ".join(f"{param} {share:.2f}" for param, share in ranked))
+    return "\n".join(lines)
 
 
 def _best_text(best: TrialRecord, metric: str, mode: str, extra_params: Sequence[str]) -> str:

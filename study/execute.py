@@ -30,12 +30,13 @@ from study.results import FAILED, UNFINISHED, TrialRecord, records_from_results
 from study.spaces import SearchSpace
 from study.state import StudyState, describe, save_state
 from study.storage import is_uri
-from study.tuning import build_tuner, can_restore, restore_tuner
+from study.tuning import build_tuner, can_restore, optuna_storage_url, parameter_importance, restore_tuner
 from study.parent_run import (
     close_parent_run,
     ensure_experiment,
     failure_reasons,
     log_answer_by_ratio,
+    log_importance,
     log_summary,
     reconcile_children,
     reopen_parent_run,
@@ -162,11 +163,17 @@ def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, sec
     if race is not None:
         console.say(f"Seeds: {race.summary()}\n")
     console.say(summary.text)
+    importance = _importance(state, space) if space.algorithm == "optuna" else {}
+    if importance:
+        console.say("\n" + console.importance_text(importance))
     log_summary(client, state.parent_run_id, summary.best, state.metric, summary.files, summary.markdown,
                 summary.best_ratio)
     log_answer_by_ratio(client, state.parent_run_id, summary.answer_rows)
+    log_importance(client, state.parent_run_id, importance)
     close_parent_run(client, state.parent_run_id, "KILLED" if interrupted else "FINISHED")
     console.say(f"\nMLflow UI: {console.mlflow_ui_command(state.tracking_uri, state.experiment_id)}")
+    if space.algorithm == "optuna":
+        console.say(f"Optuna: optuna-dashboard {optuna_storage_url(state)}  (the search's own view: trials, history, importance)")
     if interrupted:
         console.say(f"\nThe study is incomplete. Resume with:\n  {resume_command(state)}")
         return EXIT_INTERRUPTED
@@ -179,6 +186,16 @@ def _attach_reasons(records: list[TrialRecord], reasons: dict[str, str]) -> None
     for record in records:
         if record.status == FAILED and reasons.get(record.trial_id):
             record.reason = reasons[record.trial_id]
+
+
+def _importance(state: StudyState, space: SearchSpace) -> dict:
+    """:func:`study.tuning.parameter_importance` of the searched parameters (the seed is not one);
+    a failure is said in one line: the answer above stands without it."""
+    try:
+        return parameter_importance(state, [p for p in space.param_names if p != "seed"])
+    except Exception as err:  # noqa: BLE001 - optional analysis: any failure is a note, not a failed study
+        console.say(f"note: no parameter importance: {one_line(err)}")
+        return {}
 
 
 def _safe(action, what: str) -> None:

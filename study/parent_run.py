@@ -25,6 +25,7 @@ from trainables.errors import one_line
 from trainables.mlflow_layout import (
     COMPLETED,
     EARLY_STOPPED,
+    EXPERIMENT_KIND,
     FAILED,
     PARENT_ARTIFACT_DIR,
     ROLE_STUDY,
@@ -33,6 +34,7 @@ from trainables.mlflow_layout import (
     TAG_COMPLETED,
     TAG_DESCRIPTION,
     TAG_EARLY_STOPPED,
+    TAG_EXPERIMENT_KIND,
     TAG_REASON,
     TAG_ROLE,
     TAG_SPACE,
@@ -41,6 +43,7 @@ from trainables.mlflow_layout import (
     answer_by_ratio_metric,
     best_metric,
     best_tag,
+    importance_metric,
     parent_run_name,
     ratio_label,
     single_run_metric,
@@ -61,6 +64,7 @@ def ensure_experiment(client, name: str) -> str:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment_id)
     client.set_experiment_tag(experiment_id, TAG_DESCRIPTION, names.definitions_markdown())
+    client.set_experiment_tag(experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
     return experiment_id
 
 
@@ -178,6 +182,14 @@ def log_answer_by_ratio(client, run_id: str, rows: Iterable[Mapping[str, Any]]) 
                if math.isfinite(r[part])]
     for start in range(0, len(metrics), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=metrics[start:start + 1000])
+
+
+def log_importance(client, run_id: str, importance: Mapping[str, Mapping[str, float]]) -> None:
+    """Parameter importance (:func:`study.tuning.parameter_importance`) as parent-run metrics
+    ``importance/METRIC/PARAM`` (shares of the objective's variance, summing to 1 per metric)."""
+    for metric, shares in importance.items():
+        for param, share in shares.items():
+            client.log_metric(run_id, importance_metric(metric, param), float(share))
 
 
 def log_summary(client, run_id: str, best: Any, metric: str, files: Iterable[Any], markdown: str = "",

@@ -27,6 +27,7 @@ from study.cluster import Capacity, driver_resources
 from study.race import RACE_REPORT, SeedRace, write_race_report
 from study.spaces import SearchSpace
 from study.state import StudyState, join
+from study.storage import is_uri
 from study.trial import TrialContext, run_trial
 from trainables.languages import FAMILIES
 from trainables.metric_names import BIAS_METRIC, FAMILY_METRIC, LOSS_METRIC, logged_name
@@ -192,11 +193,45 @@ def build_searcher(space: SearchSpace, state: StudyState) -> Any:
     return ConcurrencyLimiter(searcher, max_concurrent=state.max_concurrent)
 
 
+OPTUNA_DB = "optuna.db"  # the Optuna study of an Optuna space: optuna-dashboard reads it
+
+
+def optuna_storage_url(state: StudyState) -> str:
+    """Where the study's Optuna study lives: ``sqlite:///<storage>/<name>/optuna.db`` beside Tune's
+    state, or in the output folder when the storage path is a URI (sqlite needs a local file)."""
+    folder = state.output_dir if is_uri(state.storage_path) else state.experiment_path
+    return f"sqlite:///{os.path.join(folder, OPTUNA_DB)}"
+
+
+def parameter_importance(state: StudyState, params: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per objective metric: each searched parameter's share of the variance of the objective over
+    the Optuna study's completed trials (fANOVA, ``optuna.importance``; shares sum to 1). Empty
+    with fewer than 2 searched parameters or 3 completed trials (too few to apportion anything)."""
+    import optuna  # only an Optuna space needs it (an import of its own)
+
+    if len(params) < 2:
+        return {}
+    study = optuna.load_study(study_name=state.name, storage=optuna_storage_url(state))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(done) < 3:
+        return {}
+    out = {}
+    for k, objective in enumerate(state.objectives):
+        shares = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=list(params),
+            target=lambda t, k=k: t.values[k])
+        out[objective["metric"]] = {name: float(value) for name, value in shares.items()}
+    return out
+
+
 def _optuna_searcher(space: SearchSpace, state: StudyState) -> Any:
-    import optuna
+    import optuna  # only an Optuna space needs it (an import of its own)
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = optuna_storage_url(state)
+    os.makedirs(os.path.dirname(url[len("sqlite:///"):]), exist_ok=True)
+    storage = optuna.storages.RDBStorage(url)  # an instance: OptunaSearch refuses a URL string
     sampler = optuna.samplers.TPESampler(
         seed=state.seed, n_startup_trials=space.n_startup_trials, multivariate=space.multivariate
     )
@@ -207,8 +242,10 @@ def _optuna_searcher(space: SearchSpace, state: StudyState) -> Any:
             mode=[o["mode"] for o in state.objectives],
             sampler=sampler,
             points_to_evaluate=points,
+            study_name=state.name,
+            storage=storage,
         )
-    return OptunaSearch(sampler=sampler, points_to_evaluate=points)
+    return OptunaSearch(sampler=sampler, points_to_evaluate=points, study_name=state.name, storage=storage)
 
 
 def build_scheduler(state: StudyState, space: SearchSpace) -> Any:

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 
 from tests.standins import repo_env, standin_command
@@ -117,6 +118,11 @@ def test_smoke_study_on_the_real_trial(tmp_path, data_cache):
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
     assert {"summary/trials.csv", "summary/map100_by_family_vs_ratio.png", "summary/best_config.json"} <= logged
     assert "mlflow ui --backend-store-uri" in done.stdout and "--host 127.0.0.1" in done.stdout
+    # the Optuna study is in its sqlite file, where optuna-dashboard (printed) and Optuna open it
+    url = f"sqlite:///{tmp_path / 'ray_results' / 'e2e' / 'optuna.db'}"
+    assert f"Optuna: optuna-dashboard {url}" in done.stdout
+    trials = optuna.load_study(study_name="e2e", storage=url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
 
     # study.report rebuilds the same table from MLflow alone
     report = _study(tmp_path, "--experiment", "e2e", module="study.report")

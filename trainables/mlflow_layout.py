@@ -49,6 +49,9 @@ TAG_COMPLETED = "mlclip.completed"  # "true" once the trial's fit returned succe
 TAG_EARLY_STOPPED = "mlclip.early_stopped"
 TAG_INCOMPLETE = "mlclip.incomplete"  # why some of a trial's metrics or artifacts are missing from its run
 TAG_SPACE = "mlclip.space"
+# The experiment is model training, not GenAI: read by MLflow releases after 3.17 (3.17's UI takes the
+# view from the browser's workflow switch, hence the ?workflowType=machine_learning of the printed URL).
+TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 TAG_DESCRIPTION = "mlflow.note.content"  # MLflow's description of an experiment or run (rendered as markdown)
 ROLE_STUDY, ROLE_TRIAL = "study", "trial"  # the values of TAG_ROLE
 
@@ -121,6 +124,12 @@ def answer_by_ratio_metric(setting: str, family: str, part: str) -> str:
     ``by_ratio/multilingual/germanic/mean``; the objective is ``by_ratio/objective/mean``."""
     cell = "objective" if (setting, family) == ("multilingual", "i2t+t2t") else f"{setting}/{family}"
     return f"by_ratio/{cell}/{part}"
+
+
+def importance_metric(metric: str, param: str) -> str:
+    """The parent run's metric holding searched parameter ``param``'s share of the variance of
+    ``metric`` over the Optuna study's trials (fANOVA): ``importance/map100/multilingual/ratio``."""
+    return f"importance/{metric}/{param}"
 
 
 def single_run_tag(param: str) -> str:

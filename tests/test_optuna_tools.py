@@ -1,0 +1,54 @@
+"""Optuna's own tools on a study's search: its Optuna study in a sqlite file that optuna-dashboard
+opens, and the parameter importance (fANOVA) of spaces that search several parameters."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from types import SimpleNamespace
+
+import optuna
+
+from study.console import importance_text
+from study.parent_run import log_importance
+from study.tuning import optuna_storage_url, parameter_importance
+from trainables.mlflow_layout import importance_metric
+from trainables.mlflow_store import client_for
+
+
+def state(tmp_path, storage_path=None):
+    storage = storage_path or str(tmp_path / "ray_results")
+    return SimpleNamespace(name="imp", storage_path=storage, experiment_path=f"{storage}/imp",
+                           output_dir=str(tmp_path / "out"), objectives=[{"metric": "map100/multilingual", "mode": "max"}])
+
+
+def test_the_optuna_study_lives_beside_tune_s_state_or_in_the_output_folder(tmp_path):
+    assert optuna_storage_url(state(tmp_path)) == f"sqlite:///{tmp_path}/ray_results/imp/optuna.db"
+    assert optuna_storage_url(state(tmp_path, "s3://bucket/studies")) == f"sqlite:///{tmp_path}/out/optuna.db"
+
+
+def test_importance_names_the_parameter_the_objective_depends_on(tmp_path):
+    s = state(tmp_path)
+    (tmp_path / "ray_results" / "imp").mkdir(parents=True)
+    study = optuna.create_study(study_name="imp", storage=optuna_storage_url(s), direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("ratio", 0, 1) ** 2 + 0.001 * t.suggest_float("temperature", 0.01, 0.2),
+                   n_trials=30)
+    shares = parameter_importance(s, ["ratio", "temperature"])["map100/multilingual"]
+    assert set(shares) == {"ratio", "temperature"} and abs(sum(shares.values()) - 1) < 1e-6
+    assert shares["ratio"] > 0.9
+    assert parameter_importance(s, ["ratio"]) == {}  # one parameter: nothing to apportion
+    text = importance_text({"map100/multilingual": shares})
+    assert text.splitlines()[1].startswith("  map100/multilingual: ratio ")  # most important first
+
+    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("imp")).info.run_id
+    log_importance(client, run_id, {"map100/multilingual": shares})
+    logged = client.get_run(run_id).data.metrics
+    assert logged[importance_metric("map100/multilingual", "ratio")] == shares["ratio"]
+
+
+def test_optuna_dashboard_is_installed_and_takes_the_url():
+    assert shutil.which("optuna-dashboard"), "optuna-dashboard is a dependency (pyproject.toml)"
+    usage = subprocess.run(["optuna-dashboard", "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert "storage" in usage
