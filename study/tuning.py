@@ -21,6 +21,7 @@ import tempfile
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import Searcher
 
 from study.cluster import Capacity, driver_resources
@@ -232,6 +233,10 @@ def _optuna_searcher(space: SearchSpace, state: StudyState) -> Any:
     url = optuna_storage_url(state)
     os.makedirs(os.path.dirname(url[len("sqlite:///"):]), exist_ok=True)
     storage = optuna.storages.RDBStorage(url)  # an instance: OptunaSearch refuses a URL string
+    try:  # a fresh search: an Optuna study of this name left in the file (a reused output folder) is not ours
+        optuna.delete_study(study_name=state.name, storage=storage)
+    except KeyError:
+        pass
     sampler = optuna.samplers.TPESampler(
         seed=state.seed, n_startup_trials=space.n_startup_trials, multivariate=space.multivariate
     )
@@ -284,11 +289,15 @@ def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, fit: 
         trial_name_creator=trial_dirname,
         trial_dirname_creator=trial_dirname,
     )
+    _no_tensorboard_logger()
     run_config = tune.RunConfig(
         name=state.name,
         storage_path=state.storage_path,
         verbose=verbose,
         failure_config=tune.FailureConfig(max_failures=0),  # worker restarts happen inside Ray Train
+        # Tune's CSV and JSON results (result.json, progress.csv), without its TensorBoard logger:
+        # MLflow is where a study is read, and Tune would print a TensorBoard hint for it.
+        callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
     )
     return tune.Tuner(
         build_trainable(state, capacity, fit),
@@ -296,6 +305,12 @@ def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, fit: 
         tune_config=tune_config,
         run_config=run_config,
     )
+
+
+def _no_tensorboard_logger() -> None:
+    """Tune adds its default loggers (TensorBoard included) unless told not to; the study gives its
+    own list (CSV, JSON) in its RunConfig, which a restored Tuner keeps."""
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
 
 
 def can_restore(state: StudyState) -> bool:
@@ -309,6 +324,7 @@ def restore_tuner(state: StudyState, capacity: Capacity, fit: Callable) -> Any:
     """Continue the study: finished and failed trials stay as they are, unfinished ones run again."""
     from ray import tune
 
+    _no_tensorboard_logger()
     return tune.Tuner.restore(
         state.experiment_path,
         trainable=build_trainable(state, capacity, fit),
