@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from study.answer import TrialQueries
-from study.answer_metrics import OBJECTIVE, SETTINGS
+from study.answer_metrics import OBJECTIVE
 from study.answer_stats import (
     Difference,
     _analyse,
@@ -162,12 +162,17 @@ def answer_markdown(rows: Sequence[dict], best: Sequence[dict], sentence: str, n
                       format_table(headers, table), "```", "", note, *extra, ""])
 
 
-def plot_answer(rows: Sequence[dict], path: Union[str, Path], title: str = "") -> Optional[Path]:
-    """PNG of the answer: 4 panels (monolingual, crosslingual, multilingual, bias) vs ratio.
+_SETTING_STYLE = {"multilingual": ("tab:blue", "-"), "crosslingual": ("tab:orange", "--"), "monolingual": ("tab:green", ":")}
 
-    Each family is a line of the mean with its interval shaded. The multilingual panel
-    shows caption -> caption (t2t) quantities only (families and their ``all`` mean),
-    not the i2t+t2t objective; the bias panel has one line. Returns None without rows.
+
+def plot_answer(rows: Sequence[dict], path: Union[str, Path], title: str = "") -> Optional[Path]:
+    """PNG of the answer against the ratio, as small multiples that read at a glance (3 x 3 panels).
+
+    First the objective (multilingual i2t+t2t) and the language bias, each a mean over seeds with
+    its 95% interval shaded; then one panel per language family, with the three settings in
+    the same colours in every panel (multilingual caption -> caption with its interval shaded,
+    cross-lingual and monolingual as lines). A star marks each panel's best mean. Returns None
+    without rows.
     """
     if not rows:
         return None
@@ -176,29 +181,49 @@ def plot_answer(rows: Sequence[dict], path: Union[str, Path], title: str = "") -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
-    for ax, setting in zip(axes.ravel(), SETTINGS):
-        families = list(dict.fromkeys(r["family"] for r in rows if r["setting"] == setting and r["family"] != OBJECTIVE[1]))
-        for family in families:
-            pts = sorted((r["ratio"], r["mean"], r["ci_low"], r["ci_high"]) for r in rows
-                         if r["setting"] == setting and r["family"] == family)
-            xs, means, lows, highs = (list(c) for c in zip(*pts))
-            style = "k--" if family == "all" and setting != "bias" else "-"
-            line = ax.plot(xs, means, style, marker="o", markersize=3, label=family)[0]
-            ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
-        # the multilingual panel says what it shows in its title (a note inside the axes met the legend)
-        ax.set_title(f"{setting}\ncaption -> caption only; 'all' = mean over languages" if setting == "multilingual"
-                     else setting, fontsize=10)
-        ax.set_xlabel("monolingual ratio")
-        ax.set_ylabel("mean rank gap (max - min over languages)" if setting == "bias" else "mAP@100")
-        ax.set_xlim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        if families:
-            ax.legend(fontsize=7, ncol=2)
-    fig.suptitle(title or "Answer per setting and family vs ratio (mean over seeds, shaded: CI)")
+    def series(setting: str, family: str) -> Optional[tuple]:
+        pts = sorted((r["ratio"], r["mean"], r["ci_low"], r["ci_high"]) for r in rows
+                     if r["setting"] == setting and r["family"] == family)
+        return tuple(list(c) for c in zip(*pts)) if pts else None
+
+    def draw(ax, setting: str, family: str, color: str, style: str, band: bool, label: str, lower_better=False):
+        got = series(setting, family)
+        if got is None:
+            return
+        xs, means, lows, highs = got
+        ax.plot(xs, means, style, color=color, marker="o", markersize=3, label=label)
+        if band:
+            ax.fill_between(xs, lows, highs, color=color, alpha=0.2, linewidth=0)
+        best = min(range(len(xs)), key=lambda i: means[i]) if lower_better else max(range(len(xs)), key=lambda i: means[i])
+        ax.plot([xs[best]], [means[best]], "*", color=color, markersize=11)
+
+    families = [f for f in dict.fromkeys(r["family"] for r in rows if r["setting"] == "multilingual")
+                if f not in ("all", OBJECTIVE[1])]
+    fig, axes = plt.subplots(3, 3, figsize=(12, 10))
+    panels = axes.ravel()
+    draw(panels[0], *OBJECTIVE, "black", "-", True, "objective")
+    panels[0].set_title("objective: multilingual mAP@100 (i2t+t2t)", fontsize=10, fontweight="bold")
+    draw(panels[1], "bias", "all", "tab:red", "-", True, "bias", lower_better=True)
+    panels[1].set_title("language bias (mean-rank gap; lower is better)", fontsize=10)
+    for ax, family in zip(panels[2:], families):
+        for setting, (color, style) in _SETTING_STYLE.items():
+            draw(ax, setting, family, color, style, setting == "multilingual", setting)
+        ax.set_title(f"{family}: mAP@100", fontsize=10)
+    for ax in panels[2 + len(families):]:
+        ax.axis("off")
+    for ax in panels:
+        if ax.axison:
+            ax.grid(alpha=0.3)
+            ax.set_xlim(-0.03, 1.03)
+            ax.set_xlabel("ratio (share of monolingual batches)", fontsize=8)
+    handles, labels = panels[2].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, [f"{label} (shaded: 95% CI)" if label == "multilingual" else label for label in labels],
+                   loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=3, fontsize=9, frameon=False)
+    fig.suptitle(title or "The answer against the ratio: mean over seeds; shaded: 95% interval; star: best mean")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
