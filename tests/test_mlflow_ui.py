@@ -27,6 +27,7 @@ import pytest
 
 from tests.test_study_e2e import _env, _study
 from trainables.metric_names import MAX_LOGGED_METRICS
+from trainables.mlflow_layout import RATIO_STEP, ratio_label
 
 pytestmark = pytest.mark.slow
 STUDY = "ui"
@@ -135,7 +136,7 @@ def test_run_names_carry_the_ratio_and_the_trial_id(study):
     for child in children:
         ratio = float(_params(child)["ratio"])
         name = child["info"]["run_name"]
-        assert name.startswith(f"r={ratio:.2g} ") and name.endswith(_tags(child)["mlclip.trial_id"]), name
+        assert name.startswith(f"r={ratio_label(ratio)} ") and name.endswith(_tags(child)["mlclip.trial_id"]), name
 
 
 def test_a_numeric_filter_on_the_ratio_returns_the_right_runs(server, study):
@@ -175,8 +176,26 @@ def test_the_parent_run_holds_the_answer(server, study):
     assert header[:2] == ["trial_id", "ratio"] and "multi" in header[:12]
 
 
+def test_the_parent_run_names_one_best_and_charts_the_answer_against_the_ratio(server, study):
+    """What the UI reads for the answer: the best ratio's tag and metrics, the single run apart, and the
+    by_ratio histories (one point per tried ratio, step = ratio in thousandths)."""
+    _, parent, children = study
+    tags, run_id = _tags(parent), parent["info"]["run_id"]
+    metrics = {m["key"]: m["value"] for m in parent["data"].get("metrics", [])}
+    ratios = {float(_params(c)["ratio"]) for c in children}
+    assert float(tags["best.ratio"]) in {float(ratio_label(r)) for r in ratios}
+    low, mean, high = (metrics[f"best/map100/multilingual/{part}"] for part in ("ci_low", "mean", "ci_high"))
+    assert low <= mean <= high
+    assert tags["best_single_run.trial_id"] in {_tags(c)["mlclip.trial_id"] for c in children}
+    assert "best.trial_id" not in tags
+    history = server.get("/api/2.0/mlflow/metrics/get-history", run_id=run_id, metric_key="by_ratio/objective/mean")
+    assert {m["step"] for m in history["metrics"]} == {round(r * RATIO_STEP) for r in ratios}
+    assert tags["mlflow.note.content"].startswith("## Answer\n\n**Verdict.** ")
+
+
 def test_the_experiment_description_defines_the_metrics(study):
     experiment, _, _ = study
     tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
     text = tags["mlflow.note.content"]
     assert "`multi/sinitic`" in text and "not the mean of the families" in text
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # model training, not GenAI

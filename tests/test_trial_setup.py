@@ -15,7 +15,11 @@ def test_a_trial_hashes_its_training_captions_once(tiny_config, monkeypatch):
         calls.append(len(captions))
         return real(captions)
 
-    monkeypatch.setattr(tokenizer, "captions_digest", counting)
+    from trainables import batches, train
+
+    for module in (tokenizer, train, batches):  # every name the digest is called by
+        if hasattr(module, "captions_digest"):
+            monkeypatch.setattr(module, "captions_digest", counting)
     run_local(tiny_config.replace(epochs=1, steps_per_epoch=1))
     assert calls == [tiny_config.synthetic_train_size]
 
