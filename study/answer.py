@@ -16,7 +16,7 @@ from typing import Sequence, Union
 from study.mlflow_runs import children_of
 from trainables.errors import one_line
 from trainables import per_query
-from trainables.mlflow_layout import COMPLETED, PER_QUERY_FILE
+from trainables.mlflow_layout import COMPLETED, EARLY_STOPPED, PER_QUERY_FILE
 from trainables.mlflow_store import TrackingError, fetch_artifact
 
 
@@ -43,7 +43,7 @@ def load_trial_queries(path: Union[str, Path], trial_id: str, ratio: float, seed
 @dataclass
 class AnswerInput:
     """What the answer is computed from: ``trials``, the completed trials' per-query arrays, and
-    ``left_out``, trial id -> why a completed trial is not among them (said with the answer)."""
+    ``left_out``, trial id -> why a completed (or early-stopped) trial is not among them (said with the answer)."""
 
     trials: list
     left_out: dict = field(default_factory=dict)
@@ -57,6 +57,9 @@ def trial_queries(client, experiment_id: str, parent_run_id: str, records: Seque
     runs, out = children_of(client, experiment_id, parent_run_id), AnswerInput([])
     with tempfile.TemporaryDirectory() as folder:
         for record in records:
+            if record.status == EARLY_STOPPED:  # a survivor sample otherwise: said, never averaged in
+                out.left_out[record.trial_id] = "stopped early by ASHA: the answer counts only trials trained in full"
+                continue
             if record.status != COMPLETED:
                 continue
             run = runs.get(record.trial_id)
@@ -79,8 +82,8 @@ def trial_queries(client, experiment_id: str, parent_run_id: str, records: Seque
 
 
 def left_out_line(left_out: dict) -> str:
-    """``Left out of the answer: 2 completed trials: ab12 (reason); cd34 (reason).`` ('' for none)."""
+    """``Left out of the answer: 2 trials: ab12 (reason); cd34 (reason).`` ('' for none)."""
     if not left_out:
         return ""
     items = "; ".join(f"{trial} ({why})" for trial, why in left_out.items())
-    return f"Left out of the answer: {len(left_out)} completed trial{'s' if len(left_out) > 1 else ''}: {items}."
+    return f"Left out of the answer: {len(left_out)} trial{'s' if len(left_out) > 1 else ''}: {items}."

@@ -115,6 +115,9 @@ def summarize(
     queries = answer_input.trials if answer_input else []
     left_out = left_out_line(answer_input.left_out) if answer_input else ""
     answer = outputs.study_answer(queries, target=target_halfwidth) if queries else None
+    confounded = confounded_line(extra_params) if answer is not None else ""
+    if confounded:
+        parts.append(confounded)
     if answer is not None:  # the answer first: what the study found, then what it is made of
         parts.append(_answer_text(answer, queries))
         if answer.best_ratio is not None:
@@ -133,9 +136,21 @@ def summarize(
         parts.append("Failed trials:\n" + "\n".join(f"  {r.trial_id}: {r.reason or 'unknown reason'}" for r in failed))
     files = outputs.write_outputs(records, objectives, best, front, output_dir, title, answer)
     parts.append("Saved to " + str(output_dir) + ":\n" + "\n".join(f"  {p.name}" for p in files))
-    markdown = "\n\n".join(part for part in (answer.markdown if answer else "", left_out) if part)
+    markdown = "\n\n".join(part for part in (f"**{confounded}**" if confounded else "",
+                                               answer.markdown if answer else "", left_out) if part)
     return Summary("\n\n".join(parts), best, front, files, markdown, answer.best_ratio if answer else None,
                    answer.rows if answer else [])
+
+
+def confounded_line(searched: Sequence[str]) -> str:
+    """The warning a per-ratio answer needs when the study searched other parameters with the ratio
+    ('' when only the ratio, and seeds, were searched)."""
+    others = [p for p in searched if p not in ("ratio", "seed")]
+    if not others:
+        return ""
+    return (f"Confounded: this study searched {' and '.join(others)} together with the ratio, so its trials differ "
+            "in more than the ratio and the per-ratio answer below mixes their effects; read the parameter "
+            "importance, or study the ratio with these fixed (a space that searches the ratio only).")
 
 
 def importance_text(importance: Mapping[str, Mapping[str, float]]) -> str:

@@ -235,11 +235,14 @@ RACED = ("search: {seeds: {min: 2, max: 6, target_halfwidth: 0.02, max_trials: 8
 @pytest.mark.parametrize("space_text, flags, expected", [
     (RACED, ["--scheduler", "asha"], "--scheduler asha with raced seeds (space 's'): early stopping would race the "
      "seeds on cut-short trials; use the default fifo scheduler"),
+    (RACED.replace("{min: 2, max: 6, target_halfwidth: 0.02, max_trials: 8}", "[0, 1]"), ["--scheduler", "asha"],
+     "--scheduler asha with seeds (space 's'): early stopping keeps the seeds that look good early, so each ratio's "
+     "mean would be of survivors; use the default fifo scheduler"),
     (RACED, ["--num-samples", "5"], "search.seeds.max_trials=8 is below min=2 seeds x 5 candidates = 10 (--num-samples 5)"),
     (RACED.replace("min: 2, max: 6", "min: 7, max: 6"), [], "search.seeds: min=7 > max=6"),
     (RACED.replace("target_halfwidth: 0.02", "target_halfwidth: 0"), [], "search.seeds.target_halfwidth=0: must be a positive number"),
     (RACED.replace("max_trials: 8", "max_trials: 5"), [], "search.seeds.max_trials=5 is below min=2 seeds x 3 candidates = 6"),
-], ids=["asha", "budget-below-min-with-num-samples", "min-above-max", "target-zero", "budget-below-min"])
+], ids=["asha", "asha-with-listed-seeds", "budget-below-min-with-num-samples", "min-above-max", "target-zero", "budget-below-min"])
 def test_raced_seeds_that_cannot_work_are_one_line(here, capsys, space_text, flags, expected):
     (here / "s.yaml").write_text(space_text)
     line = run_cli(capsys, here, ["--space", "s.yaml", *flags])

@@ -12,7 +12,7 @@ import pytest
 from study.answer import AnswerInput, left_out_line, trial_queries
 from study.console import summarize
 from trainables.config import TrialConfig
-from trainables.mlflow_layout import COMPLETED, FAILED, FULL_METRICS_FILE, PER_QUERY_FILE, TAG_INCOMPLETE
+from trainables.mlflow_layout import COMPLETED, EARLY_STOPPED, FAILED, FULL_METRICS_FILE, PER_QUERY_FILE, TAG_INCOMPLETE
 from trainables.mlflow_store import TrackingError, client_for, fetch_artifact
 from trainables.trial_run import TrackingInfo, TrialRun
 
@@ -63,22 +63,24 @@ def test_a_trial_left_out_of_the_answer_is_named_with_its_reason(store, tmp_path
     bad_file = tmp_path / PER_QUERY_FILE
     bad_file.write_bytes(b"not an npz")
     client.log_artifact(corrupt.run_id, str(bad_file))
-    records = [record("good"), record("missing"), record("corrupt"), record("failed", FAILED), record("none")]
+    records = [record("good"), record("missing"), record("corrupt"), record("failed", FAILED), record("none"),
+               record("asha", EARLY_STOPPED)]
     found = trial_queries(client, experiment_id, parent, records)
     assert [t.trial_id for t in found.trials] == ["good"]
-    assert set(found.left_out) == {"missing", "corrupt", "none"}  # a failed trial is reported as failed, not here
+    assert set(found.left_out) == {"missing", "corrupt", "none", "asha"}  # a failed trial is reported as failed
+    assert found.left_out["asha"] == "stopped early by ASHA: the answer counts only trials trained in full"
     assert found.left_out["missing"] == f"no {PER_QUERY_FILE} (an older or a stand-in trial)"
     assert found.left_out["corrupt"].startswith(f"{PER_QUERY_FILE} unreadable: ")
     assert found.left_out["none"] == "no MLflow run"
     line = left_out_line(found.left_out)
-    assert line.startswith("Left out of the answer: 3 completed trials: missing (no per_query_ap.npz")
+    assert line.startswith("Left out of the answer: 4 trials: missing (no per_query_ap.npz")
     assert "\n" not in line and left_out_line({}) == ""
 
 
 def test_the_summary_prints_who_was_left_out(tmp_path):
     summary = summarize([], [{"metric": "map100/multilingual", "mode": "max"}], tmp_path, "t",
                         answer_input=AnswerInput([], {"ab12": "no MLflow run"}))
-    assert "Left out of the answer: 1 completed trial: ab12 (no MLflow run)." in summary.text
+    assert "Left out of the answer: 1 trial: ab12 (no MLflow run)." in summary.text
     assert "Left out of the answer" in summary.markdown  # the MLflow parent run's description says it too
 
 

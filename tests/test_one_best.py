@@ -99,3 +99,13 @@ def test_the_answer_against_the_ratio_is_a_metric_history_the_ui_charts(tmp_path
     assert set(expected) == {0, 549}
     germanic = client.get_metric_history(run_id, "by_ratio/multilingual/germanic/mean")
     assert len(germanic) == 2  # one point per tried ratio, for every family of multilingual retrieval
+
+
+def test_a_ratio_answer_over_other_searched_parameters_says_it_is_confounded(tmp_path):
+    trials = [TrialQueries(f"r{r}-s{s}", r, s, tiny_arrays(shift)) for (r, s), shift in SHIFTS.items()]
+    records = [record(r, s, 0.5 + shift) for (r, s), shift in SHIFTS.items()]
+    alone = summarize(records, OBJECTIVES, tmp_path / "a", "t", ["ratio"], AnswerInput(trials))
+    assert "Confounded" not in alone.text
+    mixed = summarize(records, OBJECTIVES, tmp_path / "b", "t", ["ratio", "temperature", "batch_size"], AnswerInput(trials))
+    assert mixed.text.startswith("Confounded: this study searched temperature and batch_size together with the ratio")
+    assert mixed.markdown.startswith("**Confounded: this study searched temperature and batch_size")

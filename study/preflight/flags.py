@@ -48,6 +48,9 @@ def check_search_flags(space: SearchSpace, args: argparse.Namespace) -> SearchSp
     if args.scheduler == "asha" and space.seed_min:
         raise PreflightError(f"--scheduler asha with raced seeds (space {space.name!r}): early stopping would race "
                          "the seeds on cut-short trials; use the default fifo scheduler")
+    if args.scheduler == "asha" and space.seeds:
+        raise PreflightError(f"--scheduler asha with seeds (space {space.name!r}): early stopping keeps the seeds that "
+                             "look good early, so each ratio's mean would be of survivors; use the default fifo scheduler")
     if space.algorithm == "grid" and space.seeds and args.num_samples not in (None, 1):
         raise PreflightError(f"--num-samples {args.num_samples}: a grid with search.seeds (space {space.name!r}) runs each "
                          "point once per seed; leave --num-samples out")
