@@ -30,7 +30,14 @@ from study.results import FAILED, UNFINISHED, TrialRecord, records_from_results
 from study.spaces import SearchSpace
 from study.state import StudyState, describe, save_state
 from study.storage import is_uri
-from study.tuning import build_tuner, can_restore, optuna_storage_url, parameter_importance, restore_tuner
+from study.tuning import (
+    build_tuner,
+    can_restore,
+    export_optuna_study,
+    optuna_storage_url,
+    parameter_importance,
+    restore_tuner,
+)
 from study.parent_run import (
     close_parent_run,
     ensure_experiment,
@@ -163,7 +170,7 @@ def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, sec
     if race is not None:
         console.say(f"Seeds: {race.summary()}\n")
     console.say(summary.text)
-    importance = _importance(state, space) if space.algorithm == "optuna" else {}
+    importance = _importance(state, space, records) if space.algorithm == "optuna" else {}
     if importance:
         console.say("\n" + console.importance_text(importance))
     log_summary(client, state.parent_run_id, summary.best, state.metric, summary.files, summary.markdown,
@@ -188,13 +195,15 @@ def _attach_reasons(records: list[TrialRecord], reasons: dict[str, str]) -> None
             record.reason = reasons[record.trial_id]
 
 
-def _importance(state: StudyState, space: SearchSpace) -> dict:
-    """:func:`study.tuning.parameter_importance` of the searched parameters (the seed is not one);
-    a failure is said in one line: the answer above stands without it."""
+def _importance(state: StudyState, space: SearchSpace, records: list[TrialRecord]) -> dict:
+    """Write the study's Optuna study (:func:`study.tuning.export_optuna_study`), then the parameter
+    importance of the searched parameters (the seed is not one); a failure is said in one line:
+    the answer above stands without it."""
     try:
+        export_optuna_study(state, space, records)
         return parameter_importance(state, [p for p in space.param_names if p != "seed"])
     except Exception as err:  # noqa: BLE001 - optional analysis: any failure is a note, not a failed study
-        console.say(f"note: no parameter importance: {one_line(err)}")
+        console.say(f"note: no Optuna study or parameter importance: {one_line(err)}")
         return {}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import tempfile
 from typing import Any, Callable, Optional, Sequence
@@ -32,6 +33,7 @@ from study.storage import is_uri
 from study.trial import TrialContext, run_trial
 from trainables.languages import FAMILIES
 from trainables.metric_names import BIAS_METRIC, FAMILY_METRIC, LOSS_METRIC, logged_name
+from trainables.mlflow_layout import COMPLETED, EARLY_STOPPED
 
 # Shown first in Tune's progress table (it shows the first few metrics of a result), under the
 # short names the MLflow UI shows too (the trials forward both names: study.trial).
@@ -194,21 +196,71 @@ def build_searcher(space: SearchSpace, state: StudyState) -> Any:
     return ConcurrencyLimiter(searcher, max_concurrent=state.max_concurrent)
 
 
-OPTUNA_DB = "optuna.db"  # the Optuna study of an Optuna space: optuna-dashboard reads it
+OPTUNA_DB = "optuna.db"  # the study's trials as an Optuna study: optuna-dashboard reads it
 
 
 def optuna_storage_url(state: StudyState) -> str:
-    """Where the study's Optuna study lives: ``sqlite:///<storage>/<name>/optuna.db`` beside Tune's
-    state, or in the output folder when the storage path is a URI (sqlite needs a local file)."""
+    """Where the study's Optuna study is written: ``sqlite:///<storage>/<name>/optuna.db`` beside
+    Tune's state, or in the output folder when the storage path is a URI (sqlite needs a local file)."""
     folder = state.output_dir if is_uri(state.storage_path) else state.experiment_path
     return f"sqlite:///{os.path.join(folder, OPTUNA_DB)}"
 
 
+def export_optuna_study(state: StudyState, space: SearchSpace, records: Sequence[Any]) -> str:
+    """Write the study's trials to :func:`optuna_storage_url` as an Optuna study named after the study,
+    through Optuna's public API (``create_trial``/``add_trials``), and return the URL.
+
+    One Optuna trial per Tune trial (each seed its own): its searched values (the seed left out)
+    and its objectives; a trial that did not complete is FAIL (stopped early: PRUNED). The search
+    itself keeps its Optuna study in memory, inside the searcher Tune checkpoints, so that a
+    resumed study continues it exactly; this file is the view of it for optuna-dashboard and for
+    :func:`parameter_importance`, written anew at the end of every run.
+    """
+    import optuna  # only an Optuna space needs it (an import of its own)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = optuna_storage_url(state)
+    os.makedirs(os.path.dirname(url[len("sqlite:///"):]), exist_ok=True)
+    try:
+        optuna.delete_study(study_name=state.name, storage=url)
+    except KeyError:
+        pass
+    directions = [("maximize" if o["mode"] == "max" else "minimize") for o in state.objectives]
+    study = optuna.create_study(study_name=state.name, storage=url, directions=directions)
+    distributions = {p.name: _distribution(p) for p in space.params if p.name != "seed"}
+    trials = []
+    for record in records:
+        params = {k: record.params[k] for k in distributions if k in record.params}
+        if len(params) != len(distributions):
+            continue
+        values = [record.value(o["metric"]) for o in state.objectives]
+        complete = record.status == COMPLETED and all(math.isfinite(v) for v in values)
+        trial_state = (optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.PRUNED
+                       if record.status == EARLY_STOPPED else optuna.trial.TrialState.FAIL)
+        trials.append(optuna.trial.create_trial(params=params, distributions=distributions, state=trial_state,
+                                                values=values if complete else None,
+                                                user_attrs={"tune_trial_id": record.trial_id,
+                                                            "seed": record.params.get("seed")}))
+    study.add_trials(trials)
+    return url
+
+
+def _distribution(param: Any) -> Any:
+    import optuna  # see export_optuna_study
+
+    if param.type in ("uniform", "loguniform"):
+        return optuna.distributions.FloatDistribution(param.low, param.high, log=param.type == "loguniform")
+    if param.type == "int":
+        return optuna.distributions.IntDistribution(int(param.low), int(param.high))
+    return optuna.distributions.CategoricalDistribution(list(param.values))
+
+
 def parameter_importance(state: StudyState, params: Sequence[str]) -> dict[str, dict[str, float]]:
     """Per objective metric: each searched parameter's share of the variance of the objective over
-    the Optuna study's completed trials (fANOVA, ``optuna.importance``; shares sum to 1). Empty
-    with fewer than 2 searched parameters or 3 completed trials (too few to apportion anything)."""
-    import optuna  # only an Optuna space needs it (an import of its own)
+    the completed trials of the study's exported Optuna study (:func:`export_optuna_study`; fANOVA,
+    ``optuna.importance``; shares sum to 1). Empty with fewer than 2 searched parameters or 3
+    completed trials (too few to apportion anything)."""
+    import optuna  # see export_optuna_study
 
     if len(params) < 2:
         return {}
@@ -230,13 +282,6 @@ def _optuna_searcher(space: SearchSpace, state: StudyState) -> Any:
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = optuna_storage_url(state)
-    os.makedirs(os.path.dirname(url[len("sqlite:///"):]), exist_ok=True)
-    storage = optuna.storages.RDBStorage(url)  # an instance: OptunaSearch refuses a URL string
-    try:  # a fresh search: an Optuna study of this name left in the file (a reused output folder) is not ours
-        optuna.delete_study(study_name=state.name, storage=storage)
-    except KeyError:
-        pass
     sampler = optuna.samplers.TPESampler(
         seed=state.seed, n_startup_trials=space.n_startup_trials, multivariate=space.multivariate
     )
@@ -247,10 +292,8 @@ def _optuna_searcher(space: SearchSpace, state: StudyState) -> Any:
             mode=[o["mode"] for o in state.objectives],
             sampler=sampler,
             points_to_evaluate=points,
-            study_name=state.name,
-            storage=storage,
         )
-    return OptunaSearch(sampler=sampler, points_to_evaluate=points, study_name=state.name, storage=storage)
+    return OptunaSearch(sampler=sampler, points_to_evaluate=points)
 
 
 def build_scheduler(state: StudyState, space: SearchSpace) -> Any:

@@ -52,3 +52,28 @@ def test_optuna_dashboard_is_installed_and_takes_the_url():
     assert shutil.which("optuna-dashboard"), "optuna-dashboard is a dependency (pyproject.toml)"
     usage = subprocess.run(["optuna-dashboard", "--help"], capture_output=True, text=True, timeout=60).stdout
     assert "storage" in usage
+
+
+def test_the_exported_optuna_study_holds_every_trial_with_its_values(tmp_path):
+    """One Optuna trial per Tune trial: searched values (not the seed), objectives, and the outcome."""
+    from study.results import COMPLETED, EARLY_STOPPED, FAILED, TrialRecord
+    from study.spaces import parse_space
+    from study.tuning import export_optuna_study
+
+    space = parse_space({"params": {"ratio": {"type": "uniform", "low": 0, "high": 1},
+                                    "temperature": {"type": "loguniform", "low": 0.01, "high": 0.2}}},
+                        name="imp", source="test")
+    records = [TrialRecord("a", COMPLETED, {"ratio": 0.2, "temperature": 0.05, "seed": 1}, {"map100/multilingual": 0.3}),
+               TrialRecord("b", EARLY_STOPPED, {"ratio": 0.7, "temperature": 0.02, "seed": 0}, {"map100/multilingual": 0.1}),
+               TrialRecord("c", FAILED, {"ratio": 0.9, "temperature": 0.1, "seed": 0}, {})]
+    s = state(tmp_path)
+    url = export_optuna_study(s, space, records)
+    assert url == optuna_storage_url(s)
+    trials = optuna.load_study(study_name="imp", storage=url).trials
+    assert [(t.params, t.state.name, t.values) for t in trials] == [
+        ({"ratio": 0.2, "temperature": 0.05}, "COMPLETE", [0.3]),
+        ({"ratio": 0.7, "temperature": 0.02}, "PRUNED", None),
+        ({"ratio": 0.9, "temperature": 0.1}, "FAIL", None)]
+    assert trials[0].user_attrs == {"tune_trial_id": "a", "seed": 1}
+    export_optuna_study(s, space, records[:1])  # written anew at the end of every run
+    assert len(optuna.load_study(study_name="imp", storage=url).trials) == 1
