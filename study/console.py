@@ -189,7 +189,8 @@ def _answer_text(answer: outputs.Answer, queries: Sequence) -> str:
             "test images; best ratio per setting and family, and the tried ratios not distinguishable from it):")
     best = answer.best
     families = list(dict.fromkeys(b["family"] for b in best))
-    cells = {(b["setting"], b["family"]): f"{b['best_ratio']:.2g} ({b['set_low']:.2g}-{b['set_high']:.2g})" for b in best}
+    cells = {(b["setting"], b["family"]): f"{ratio_label(b['best_ratio'])} ({ratio_label(b['set_low'])}-{ratio_label(b['set_high'])})"
+             for b in best}
     settings = list(dict.fromkeys(b["setting"] for b in best))
     grid = [[setting, *(cells.get((setting, f), "") for f in families)] for setting in settings]
     lines = [head, format_table(["setting", *families], [row + [""] for row in grid]).replace("  \n", "\n").rstrip()]

@@ -293,7 +293,7 @@ def _optuna_searcher(space: SearchSpace, state: StudyState) -> Any:
             sampler=sampler,
             points_to_evaluate=points,
         )
-    return OptunaSearch(sampler=sampler, points_to_evaluate=points)
+    return OptunaSearch(metric=state.metric, mode=state.mode, sampler=sampler, points_to_evaluate=points)
 
 
 def build_scheduler(state: StudyState, space: SearchSpace) -> Any:
@@ -309,6 +309,8 @@ def build_scheduler(state: StudyState, space: SearchSpace) -> Any:
     searched = [p for p in space.params if p.name == "epochs"]
     epochs = int(max(searched[0].corner_values())) if searched else int(state.base_config.get("epochs", 1))
     return AsyncHyperBandScheduler(
+        metric=state.metric,
+        mode=state.mode,
         time_attr="epoch",  # not training_iteration: epochs without evaluation are not forwarded
         max_t=max(1, epochs),
         grace_period=max(1, epochs // 3),
@@ -320,11 +322,10 @@ def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, fit: 
     """A fresh Tuner for the study, whose trials each call ``fit`` (see :class:`TrialContext`)."""
     from ray import tune
 
-    single = not state.multi_objective
     searcher = build_searcher(space, state)
+    # No metric for Tune itself: the searcher and the scheduler are given theirs, and Tune's reporter
+    # would otherwise print a "Current best trial" (one seed) that is not the study's answer.
     tune_config = tune.TuneConfig(
-        metric=state.metric if single else None,
-        mode=state.mode if single else None,
         search_alg=searcher,
         scheduler=build_scheduler(state, space),
         num_samples=state.num_samples if searcher is None else state.num_trials,  # seeds included

@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any, Callable, Optional, TextIO
 
+from trainables.mlflow_layout import ratio_label
+
 DEFAULT_EVERY_S = 10.0
 
 
@@ -95,8 +97,9 @@ def _is_terminal(stream: TextIO) -> bool:
 
 
 def trial_label(config: Any) -> str:
-    """``r=0.02 s=1``: the ratio and seed that tell a study's trials apart on the console."""
-    return f"r={config.ratio:.2g} s={config.seed}"
+    """``r=0.0203 s=1``: the ratio (as :func:`~trainables.mlflow_layout.ratio_label` writes it) and
+    the seed that tell a study's trials apart on the console."""
+    return f"r={ratio_label(config.ratio)} s={config.seed}"
 
 
 def epoch_progress(config: Any, epoch: int, steps: int, rank: int) -> StepProgress:
