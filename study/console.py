@@ -115,7 +115,8 @@ def summarize(
     queries = answer_input.trials if answer_input else []
     left_out = left_out_line(answer_input.left_out) if answer_input else ""
     answer = outputs.study_answer(queries, target=target_halfwidth) if queries else None
-    confounded = confounded_line(extra_params) if answer is not None else ""
+    varying = [k for k in extra_params if len({repr(r.params.get(k)) for r in records}) > 1]
+    confounded = confounded_line(varying) if answer is not None else ""
     if confounded:
         parts.append(confounded)
     if answer is not None:  # the answer first: what the study found, then what it is made of
@@ -143,8 +144,8 @@ def summarize(
 
 
 def confounded_line(searched: Sequence[str]) -> str:
-    """The warning a per-ratio answer needs when the study searched other parameters with the ratio
-    ('' when only the ratio, and seeds, were searched)."""
+    """The warning a per-ratio answer needs when the trials differ in other searched parameters too
+    (``searched``: those that vary across the trials; '' when only the ratio and the seed do)."""
     others = [p for p in searched if p not in ("ratio", "seed")]
     if not others:
         return ""

@@ -106,6 +106,10 @@ def test_a_ratio_answer_over_other_searched_parameters_says_it_is_confounded(tmp
     records = [record(r, s, 0.5 + shift) for (r, s), shift in SHIFTS.items()]
     alone = summarize(records, OBJECTIVES, tmp_path / "a", "t", ["ratio"], AnswerInput(trials))
     assert "Confounded" not in alone.text
+    same = summarize(records, OBJECTIVES, tmp_path / "c", "t", ["ratio", "temperature"], AnswerInput(trials))
+    assert "Confounded" not in same.text  # searched, but the same in every trial: no confounding
+    for i, r in enumerate(records):
+        r.params.update(temperature=0.05 + 0.01 * i, batch_size=32 * (1 + i % 2))
     mixed = summarize(records, OBJECTIVES, tmp_path / "b", "t", ["ratio", "temperature", "batch_size"], AnswerInput(trials))
     assert mixed.text.startswith("Confounded: this study searched temperature and batch_size together with the ratio")
     assert mixed.markdown.startswith("**Confounded: this study searched temperature and batch_size")
