@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
+from trainables.atomic import atomic_file
 from trainables.data.corpora import iter_manifest
 from trainables.data.shards import ShardWriter
 from trainables.data.types import DataError
@@ -220,11 +221,8 @@ def _extract_images(archive: Path, images_dir: Path, names: Sequence[str]) -> No
             for member in tar:
                 base = Path(member.name).name
                 if member.isfile() and base in wanted:
-                    source = tar.extractfile(member)
-                    tmp = images_dir / (base + ".tmp")
-                    with tmp.open("wb") as out:
-                        shutil.copyfileobj(source, out)
-                    os.replace(tmp, images_dir / base)
+                    with atomic_file(images_dir / base) as out:
+                        shutil.copyfileobj(tar.extractfile(member), out)
     except (tarfile.TarError, EOFError, OSError) as err:
         raise DownloadError(f"{archive} is not a readable tar archive ({err}); delete it and run again") from None
 

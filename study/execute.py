@@ -135,7 +135,7 @@ def open_tracking(client: Any, state: StudyState, resumed: bool) -> None:
     except TrackingError:
         raise
     except Exception as err:  # noqa: BLE001 - one line, not a traceback
-        raise TrackingError(f"MLflow at {state.tracking_uri}: {' '.join(str(err).split())[:300]}") from None
+        raise TrackingError(f"MLflow at {state.tracking_uri}: {one_line(err)}") from None
 
 
 def fit_handling_signals(tuner: Any) -> Any:

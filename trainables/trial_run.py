@@ -188,7 +188,7 @@ def last_logged_step(client, run) -> int:
 def end_trial_run(client, run_id: str, status: str, reason: Optional[str] = None) -> None:
     """Terminate a run with ``status`` (FINISHED, FAILED, KILLED); a reason goes into a tag."""
     if reason:
-        client.set_tag(run_id, TAG_REASON, " ".join(str(reason).split())[:MAX_TAG_LENGTH])
+        client.set_tag(run_id, TAG_REASON, one_line(reason, MAX_TAG_LENGTH))
     client.set_terminated(run_id, status=status)
 
 
