@@ -8,6 +8,8 @@ functions included (a cycle hidden in a function is still a cycle).
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,12 @@ def test_a_project_import_inside_a_function_says_why():
             if row < 0 or "#" not in lines[row]:
                 silent.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert silent == []
+
+
+def test_the_cli_starts_without_the_heavy_libraries():
+    """A refused input answers at once: importing the CLI loads neither torch, Ray Tune, MLflow nor
+    matplotlib (their costs: docs/performance.md, "Start-up"). Run in a fresh interpreter."""
+    probe = "import sys, study.run; print(sorted(m for m in ('torch', 'ray.tune', 'mlflow', 'matplotlib') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip() == "[]"

@@ -7,7 +7,7 @@ What it counts, per worker, in bytes (each a floor: real use is higher):
   and for the test split (``synthetic_test_size``), S = ``image_size``.
 * **evaluation**: the embeddings of the test split, ``float32 [N_test * (1 + L), D]`` (an
   image and L captions per test image, D = the model's ``embed_dim``), plus one block of
-  scores of the multilingual pool, ``float32`` of at most :data:`~trainables.metrics.DEFAULT_CHUNK_ELEMENTS`
+  scores of the multilingual pool, ``float32`` of at most :data:`DEFAULT_CHUNK_ELEMENTS`
   (the evaluator scores in blocks of that size) or of the whole ``[N_test * L, N_test * L]``
   when that is smaller.
 * **model**: the weights, their gradients and AdamW's two moments (4 x float32 per
@@ -29,9 +29,12 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from trainables.languages import LANGUAGES
-from trainables.metrics import DEFAULT_CHUNK_ELEMENTS
 
 FLOAT = 4  # bytes of a float32
+# Elements of one [chunk, N] score block of the evaluator when no chunk size is given (~64 MiB of
+# float32): a memory budget, kept here (torch-free, so the CLI's size check costs no torch import)
+# and used by trainables.metrics.
+DEFAULT_CHUNK_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-# Elements of one [chunk, N] score block when ``chunk_size`` is not given (~64 MiB of float32).
-DEFAULT_CHUNK_ELEMENTS = 1 << 24
+from trainables.memory import DEFAULT_CHUNK_ELEMENTS  # one [chunk, N] score block's elements (a memory budget)
 
 
 @dataclass
