@@ -158,6 +158,8 @@ def answer_markdown(rows: Sequence[dict], best: Sequence[dict], sentence: str, n
             "from the best.")
     extra = ["", *(line.strip() if line.startswith("  ") else line for line in notes)] if notes else []
     extra = [f"- {line}" if i and not line.endswith(":") and line else line for i, line in enumerate(extra)]
+    # a heading line ("Hypotheses ...:") after a list needs a blank line, else markdown folds it into the list
+    extra = [part for i, line in enumerate(extra) for part in (["", line] if i > 1 and line.endswith(":") else [line])]
     return "\n".join(["## Answer", "", *verdict, "", "### Best ratio per setting and family", "", "```",
                       format_table(headers, table), "```", "", note, *extra, ""])
 
