@@ -20,7 +20,6 @@ from trainables.mlflow_layout import COMPLETED, EARLY_STOPPED, PER_QUERY_FILE
 from trainables.mlflow_store import TrackingError, fetch_artifact
 
 
-
 @dataclass
 class TrialQueries:
     """One trial's per-query arrays.

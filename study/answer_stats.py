@@ -276,7 +276,6 @@ def best_ratios(
     return _best(_analyse(trials, n_resamples, seed), confidence)
 
 
-
 def seeds_needed(sd_train: float, se_test: float, target: float, confidence: float = 0.95,
                  most: int = 1000) -> Optional[int]:
     """The fewest paired seeds n whose expected half-width ``t(n - 1) * sqrt(sd_train**2 / n +

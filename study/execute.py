@@ -170,7 +170,7 @@ def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, sec
     if race is not None:
         console.say(f"Seeds: {race.summary()}\n")
     console.say(summary.text)
-    importance = _importance(state, space, records) if space.algorithm == "optuna" else {}
+    importance = _optuna_view(state, space, records) if space.algorithm == "optuna" else {}
     if importance:
         console.say("\n" + console.importance_text(importance))
     log_summary(client, state.parent_run_id, summary.best, state.metric, summary.files, summary.markdown,
@@ -195,7 +195,7 @@ def _attach_reasons(records: list[TrialRecord], reasons: dict[str, str]) -> None
             record.reason = reasons[record.trial_id]
 
 
-def _importance(state: StudyState, space: SearchSpace, records: list[TrialRecord]) -> dict:
+def _optuna_view(state: StudyState, space: SearchSpace, records: list[TrialRecord]) -> dict:
     """Write the study's Optuna study (:func:`study.tuning.export_optuna_study`), then the parameter
     importance of the searched parameters (the seed is not one); a failure is said in one line:
     the answer above stands without it."""

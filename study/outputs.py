@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 
 from study.answer import TrialQueries
 from study.answer_metrics import COLUMNS, OBJECTIVE
-from study.answer_stats import _analyse, _best, _rows
+from study.answer_stats import _analyse, _best, _ratio_key, _rows
 from study.answer_text import _ends, _hypotheses, _resolution, answer_markdown, plot_answer
 from study.results import TrialRecord, plot_families, plot_pareto, write_csv
 from trainables import mlflow_layout as layout
@@ -86,7 +86,7 @@ def best_ratio_config(answer: Optional[Answer], records: Sequence[TrialRecord]) 
     if best is None:
         return None
     at_ratio = [r for r in records if isinstance(r.params.get("ratio"), (int, float))
-                and round(float(r.params["ratio"]), 9) == round(float(best["ratio"]), 9)]
+                and _ratio_key(r.params["ratio"]) == _ratio_key(best["ratio"])]
     config = {k: v for k, v in at_ratio[0].params.items() if k != "seed"} if at_ratio else {"ratio": best["ratio"]}
     return {**best, "metric": "multilingual mAP@100 (i2t+t2t), mean over seeds", "config": config}
 

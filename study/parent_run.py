@@ -5,8 +5,8 @@ The names written are :mod:`trainables.mlflow_layout`'s; the runs are read back 
 :mod:`study.mlflow_runs`. The workers never import this module (``trainables`` never imports
 ``study``): they write their child runs with :mod:`trainables.trial_run`.
 
-``mlflow`` is imported inside the functions that need its entities (about 1 s to import; see
-:mod:`trainables.mlflow_store`).
+``mlflow`` is imported inside the functions that need its entities (its import cost:
+docs/performance.md, "Start-up").
 """
 
 from __future__ import annotations

@@ -101,8 +101,6 @@ def _exists(path: Path) -> bool:
         return True
 
 
-
-
 def experiment_exists(storage_path: str, name: str) -> bool:
     """Whether a Tune experiment (or study state) already lives at ``<storage>/<name>``.
 

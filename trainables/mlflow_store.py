@@ -6,10 +6,10 @@ working directory, so a relative ``sqlite:///mlflow.db`` must be made absolute b
 and linked into place whole (:func:`prepare_store`), so no process sees it half-built.
 
 Whether a URI is usable is checked before Ray starts, by
-:func:`study.preflight.check_tracking_uri`.
+:func:`study.preflight.paths.check_tracking_uri`.
 
-``mlflow`` is imported inside the functions that talk to a store: importing it takes about
-1 s, which ``study.run --help``, a refused flag and every importer of this module would pay.
+``mlflow`` is imported inside the functions that talk to a store: its import cost (docs/performance.md,
+"Start-up") is one that ``study.run --help``, a refused flag and every importer of this module would pay.
 """
 
 from __future__ import annotations

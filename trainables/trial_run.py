@@ -10,8 +10,8 @@ A trial that restarts (a worker group restored by Ray Train, or a trial resumed 
 ``--resume``) re-attaches to its run, found by the ``mlclip.trial_id`` tag under the parent,
 so there is never a second run per trial.
 
-``mlflow`` is imported inside the functions that log (about 1 s to import; see
-:mod:`trainables.mlflow_store`).
+``mlflow`` is imported inside the functions that log (its import cost:
+docs/performance.md, "Start-up").
 """
 
 from __future__ import annotations

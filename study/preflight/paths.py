@@ -59,7 +59,6 @@ def check_local_data(base: dict) -> None:
 
 def check_output_dir(path: str) -> None:
     """The folder for the table, figure and best config: a folder (or creatable), writable; nothing created."""
-
     try:
         if Path(path).exists() and not Path(path).is_dir():
             raise PreflightError(f"--output-dir {path} is a file, not a folder (the study writes its table and figure there)")
@@ -71,7 +70,6 @@ def check_output_dir(path: str) -> None:
 def check_data_cache(base: dict) -> None:
     """The trials' data cache (synthetic data, tokenizers) must be writable; nothing created."""
     from trainables.data.synthetic import cache_root  # imports torch: see check_data_paths_exist
-
 
     if "data_cache" not in base:  # searched: each value is the trial's own business
         return
