@@ -18,7 +18,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from study.lock import FileLock, Held, describe_holder, holder_record
 from trainables.driver import HEALTH_CHECK_INTERVAL_S
@@ -45,6 +45,15 @@ RAY_ENV_DEFAULTS = {
     # MLflow draws a tqdm bar on stderr for every artifact download (the study fetches each
     # trial's per-query file); read at each download, so setting it here is early enough.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # With a tracking server, MLflow prints "View run NAME at: URL" for every run it ends (each
+    # trial's too); the study prints the experiment's and the parent run's pages once, at the end.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    # Ray Train's preemption watcher only hands an early drain notice to a training function
+    # that reads it (the per-worker loop does not: it checkpoints every epoch); a lost spot node
+    # is still classed as a preemption from the dead actor's cause, and the trial restarts from
+    # its checkpoint. Off, it also stops printing core_worker's "constructor arguments in the
+    # object store and max_restarts > 0" error line into every job log on a cluster.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
 
 
@@ -63,19 +72,19 @@ class Capacity:
     driver_slots: float = 0.0
 
 
-def apply_env_defaults(local: bool = True) -> dict[str, str]:
-    """Set the study's Ray environment defaults here; return the env to pass to Ray workers.
+# Forwarded to every Ray worker when set here: how long MLflow's HTTP client keeps retrying a
+# tracking server that is down (docs/reliability.md), the same in the driver and on every node.
+FORWARDED_ENV_PREFIXES = ("MLFLOW_HTTP_REQUEST_",)
 
-    A local cluster is never preempted, so Ray Train's preemption watcher (and its start-up
-    warning) is switched off there; on a cluster it stays on.
-    """
+
+def apply_env_defaults() -> dict[str, str]:
+    """Set the study's Ray environment defaults here; return the env to pass to Ray workers (those
+    defaults, and the variables named by :data:`FORWARDED_ENV_PREFIXES` that are set)."""
     env = {}
-    defaults = dict(RAY_ENV_DEFAULTS)
-    if local:
-        defaults["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
-    for key, value in defaults.items():
+    for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
         env[key] = os.environ[key]
+    env.update({key: value for key, value in os.environ.items() if key.startswith(FORWARDED_ENV_PREFIXES)})
     return env
 
 
@@ -169,6 +178,43 @@ def start_ray(address: Optional[str], num_cpus: Optional[int], env: dict[str, st
     except Exception as err:  # noqa: BLE001 - report any start failure in one line
         where = f"attach to the Ray cluster at {address}" if address else "start a local Ray cluster"
         raise ClusterError(f"cannot {where}: {one_line(err)}") from None
+
+
+# Ray jobs whose placement groups are still wanted (ray.job_submission.JobStatus names).
+LIVE_JOB_STATUSES = ("PENDING", "RUNNING")
+
+
+def release_orphaned_placement_groups() -> list[str]:
+    """Remove the placement groups of jobs that no longer run; return their ids (hex).
+
+    On a shared cluster a study's driver can die (killed, its node lost) while its trials are
+    starting their Ray Train worker groups. Ray removes a job's placement groups when the job
+    ends, but a trial controller of that job may register one a moment later: on Ray 2.60 one
+    was seen registered 56 ms after its job was marked finished, never removed, and holding its
+    CPUs until the cluster stopped, so the study's ``--resume`` waited forever for a worker
+    group. Detached placement groups outlive their job by design and are kept, as are those of
+    every job still pending or running (other studies on the cluster). Uses Ray's state API
+    (the dashboard); without it nothing is removed.
+    """
+    import ray
+    from ray.util import state
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    jobs = state.list_jobs(limit=10_000)
+    groups = state.list_placement_groups(detail=True, limit=10_000)
+    found = orphaned_placement_groups(groups, jobs, own_job=ray.get_runtime_context().get_job_id())
+    for pg_id in found:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
+    return found
+
+
+def orphaned_placement_groups(groups: Iterable[Any], jobs: Iterable[Any], own_job: str) -> list[str]:
+    """The ids of ``groups`` (Ray's ``PlacementGroupState`` rows) not removed, not detached, and made by a
+    job that is neither ``own_job`` nor, among ``jobs`` (``JobState`` rows), pending or running."""
+    live = {job.job_id for job in jobs if job.job_id and getattr(job.status, "value", job.status) in LIVE_JOB_STATUSES}
+    live.add(own_job)
+    return [pg.placement_group_id for pg in groups
+            if pg.state != "REMOVED" and not pg.is_detached and pg.creator_job_id not in live]
 
 
 def cluster_capacity() -> Capacity:

@@ -24,6 +24,7 @@ from study.spaces import SearchSpace
 from study.state import StudyState
 from trainables.metric_names import SEARCHED_PARAMS
 from trainables.mlflow_layout import ratio_label
+from trainables.mlflow_store import is_tracking_server
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130  # the exit codes of study.run
 
@@ -43,9 +44,20 @@ UI_PORT = 5000
 UI_WORKERS = 1
 
 
-def mlflow_ui_command(tracking_uri: str, experiment_id: Optional[str] = None) -> str:
-    """The command that opens the MLflow UI on this study's store, bound to localhost, and with an
-    ``experiment_id`` the page to open (see :func:`mlflow_ui_url`)."""
+def mlflow_ui_command(tracking_uri: str, experiment_id: Optional[str] = None, parent_run_id: Optional[str] = None) -> str:
+    """Where to see the study in MLflow's UI, for the kind of tracking URI.
+
+    A tracking server (``http://``, ``https://``) already serves the UI: its own pages of the
+    experiment (``experiment_id``) and of the parent run (``parent_run_id``). A database or file
+    store has no server: the ``mlflow ui`` command that serves it on localhost, then the page
+    to open (see :func:`mlflow_ui_url`).
+    """
+    if is_tracking_server(tracking_uri):
+        base = tracking_uri.rstrip("/")
+        if not experiment_id:
+            return base
+        pages = mlflow_ui_url(experiment_id, base)
+        return f"{pages}\n  parent run: {base}/#/experiments/{experiment_id}/runs/{parent_run_id}" if parent_run_id else pages
     command = (f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port {UI_PORT} "
                f"--workers {UI_WORKERS}")
     return f"{command}\n  then open {mlflow_ui_url(experiment_id)}" if experiment_id else command
@@ -228,6 +240,8 @@ def plan_text(state: StudyState, space: SearchSpace) -> str:
     )
 
 
-def resume_command(state: StudyState) -> str:
-    """The command that continues this study."""
-    return f"python -m study.run --resume --name {shlex.quote(state.name)} --storage-path {shlex.quote(state.storage_path)}"
+def resume_command(state: StudyState, address: Optional[str] = None) -> str:
+    """The command that continues this study; on the Ray cluster at ``address`` (``--address``) when
+    it ran there (a resume without it would start a local cluster beside that one, and be refused)."""
+    command = f"python -m study.run --resume --name {shlex.quote(state.name)} --storage-path {shlex.quote(state.storage_path)}"
+    return f"{command} --address {shlex.quote(address)}" if address else command

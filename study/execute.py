@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from study import console
 from study.console import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, plan_text, resume_command
@@ -22,6 +22,7 @@ from study.cluster import (
     check_trial_fits,
     cluster_capacity,
     max_concurrent_trials,
+    release_orphaned_placement_groups,
     start_ray,
 )
 from study.answer import trial_queries
@@ -64,7 +65,9 @@ def run_study(state: StudyState, space: SearchSpace, args: Any, fit: Callable) -
     resumed = bool(state.parent_run_id)
     client = client_for(state.tracking_uri)
     try:
-        start_ray(args.address, args.num_cpus, apply_env_defaults(local=not args.address))
+        start_ray(args.address, args.num_cpus, apply_env_defaults())
+        if args.address:
+            reclaim_cluster_resources()
         capacity = plan_resources(state, resumed)
         open_tracking(client, state, resumed)
         save_state(state)
@@ -72,29 +75,41 @@ def run_study(state: StudyState, space: SearchSpace, args: Any, fit: Callable) -
         for warning in cluster_warnings(state, args.address):
             console.say(f"  warning:  {warning}")
         console.say(f"  parent:   MLflow experiment {state.name!r} ({state.experiment_id}), run {state.parent_run_id}")
-        console.say(f"  UI:       {console.mlflow_ui_command(state.tracking_uri, state.experiment_id)}\n")
+        console.say(f"  UI:       {console.mlflow_ui_command(state.tracking_uri, state.experiment_id, state.parent_run_id)}\n")
         if resumed and can_restore(state):
             tuner = restore_tuner(state, capacity, fit)
         else:
             tuner = build_tuner(space, state, capacity, fit, args.verbose)
         started = time.monotonic()
         results = fit_handling_signals(tuner)
-        return finish(client, state, space, results, time.monotonic() - started)
+        return finish(client, state, space, results, time.monotonic() - started, args.address)
     except KeyboardInterrupt:
         if not state.parent_run_id:
             console.say("\nInterrupted before the study started; nothing to resume.")
             return EXIT_INTERRUPTED
         _safe(lambda: close_parent_run(client, state.parent_run_id, "KILLED"), "mark the parent run KILLED")
-        console.say(f"\nInterrupted. Resume with:\n  {resume_command(state)}")
+        console.say(f"\nInterrupted. Resume with:\n  {resume_command(state, args.address)}")
         return EXIT_INTERRUPTED
     except (TrackingError, ClusterError):
         raise  # bad input: one line from study.run
     except Exception as err:  # noqa: BLE001 - Tune/Ray failure: one line and the way back
         console.error(f"the study stopped: {one_line(err)}")
-        console.say(f"Resume with:\n  {resume_command(state)}")
+        console.say(f"Resume with:\n  {resume_command(state, args.address)}")
         return EXIT_FAILED
     finally:
         ray.shutdown()
+
+
+def reclaim_cluster_resources() -> None:
+    """Free what ended Ray jobs left holding on a shared cluster (:func:`release_orphaned_placement_groups`)."""
+    try:
+        released = release_orphaned_placement_groups()
+    except Exception as err:  # noqa: BLE001 - the state API is optional (no dashboard): say so, go on
+        console.say(f"  note:     could not look for placement groups left by ended Ray jobs: {one_line(err)}")
+        return
+    if released:
+        console.say(f"  note:     released {len(released)} placement group(s) left by Ray jobs that no longer run "
+                    "(a killed study's trials); their CPUs and GPUs were held")
 
 
 def plan_resources(state: StudyState, resumed: bool) -> Capacity:
@@ -150,8 +165,10 @@ def fit_handling_signals(tuner: Any) -> Any:
         signal.signal(signal.SIGTERM, previous)
 
 
-def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, seconds: float) -> int:
-    """Reconcile MLflow, print the table and best config, save and log the summary files."""
+def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, seconds: float,
+           address: Optional[str] = None) -> int:
+    """Reconcile MLflow, print the table and best config, save and log the summary files (``address``:
+    the study's ``--address``, for the resume command)."""
     records = records_from_results(results, state.base_config)
     _attach_reasons(records, failure_reasons(client, state.experiment_id, state.parent_run_id))
     reconcile_children(client, TrackingInfo(state.tracking_uri, state.experiment_id, state.parent_run_id, "", ""), records)
@@ -178,11 +195,11 @@ def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, sec
     log_answer_by_ratio(client, state.parent_run_id, summary.answer_rows)
     log_importance(client, state.parent_run_id, importance)
     close_parent_run(client, state.parent_run_id, "KILLED" if interrupted else "FINISHED")
-    console.say(f"\nMLflow UI: {console.mlflow_ui_command(state.tracking_uri, state.experiment_id)}")
+    console.say(f"\nMLflow UI: {console.mlflow_ui_command(state.tracking_uri, state.experiment_id, state.parent_run_id)}")
     if space.algorithm == "optuna":
         console.say(f"Optuna: optuna-dashboard {optuna_storage_url(state)}  (the search's own view: trials, history, importance)")
     if interrupted:
-        console.say(f"\nThe study is incomplete. Resume with:\n  {resume_command(state)}")
+        console.say(f"\nThe study is incomplete. Resume with:\n  {resume_command(state, address)}")
         return EXIT_INTERRUPTED
     if records and all(r.status == FAILED for r in records):
         return EXIT_FAILED

@@ -69,7 +69,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 space_params, answer_input)
     console.say(f"Study {args.experiment} (parent run {parent.info.run_id}, {parent.info.status}), {len(records)} trials:\n")
     console.say(summary.text)
-    console.say(f"\nMLflow UI: {console.mlflow_ui_command(uri, experiment.experiment_id)}")
+    console.say(f"\nMLflow UI: {console.mlflow_ui_command(uri, experiment.experiment_id, parent.info.run_id)}")
     return 0
 
 

@@ -46,8 +46,17 @@ def test_cluster_layout(cluster):
 
 def test_cluster_yaml_holds_no_credentials():
     text = CLUSTER_YAML.read_text()
-    assert not re.search(r"AKIA[0-9A-Z]{16}|aws_secret|secret_access|aws_access_key|password|token", text, re.I)
+    assert not re.search(r"AKIA[0-9A-Z]{16}|aws_secret|secret_access|aws_access_key|password", text, re.I)
+    assert not re.search(r"RAY_AUTH_TOKEN|\b[0-9a-f]{32,}\b", text, re.I)  # the Ray token travels as a file, never in here
     assert not re.search(r"arn:aws:iam::\d{12}", text)
+
+
+def test_every_node_runs_ray_with_the_token_from_the_submitting_machine(cluster):
+    """Ray's token authentication: the token file is copied to every node and every `ray start` asks for it."""
+    assert cluster["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    starts = [cmd for key in ("head_start_ray_commands", "worker_start_ray_commands") for cmd in cluster[key]
+              if "ray start" in cmd]
+    assert len(starts) == 2 and all(cmd.startswith("export RAY_AUTH_MODE=token;") for cmd in starts), starts
 
 
 def test_fitting_ask_has_no_problems():
@@ -88,3 +97,38 @@ def test_cli(capsys):
     assert main([str(CLUSTER_YAML), "--workers-per-trial", "2", "--concurrent-trials", "4"]) == 0
     assert main([str(CLUSTER_YAML), "--workers-per-trial", "9"]) == 1
     assert "does not fit" in capsys.readouterr().err
+
+
+def test_only_placement_groups_of_ended_jobs_are_orphans():
+    """A killed study's leftover placement group is released on --address; nothing anyone still uses is."""
+    from types import SimpleNamespace as Row
+
+    from ray.job_submission import JobStatus
+
+    from study.cluster import orphaned_placement_groups
+
+    jobs = [Row(job_id="01000000", status=JobStatus.RUNNING), Row(job_id="02000000", status=JobStatus.FAILED),
+            Row(job_id="03000000", status="SUCCEEDED"), Row(job_id=None, status=JobStatus.PENDING)]
+    groups = [
+        Row(placement_group_id="a", creator_job_id="02000000", state="CREATED", is_detached=False),  # killed job
+        Row(placement_group_id="b", creator_job_id="03000000", state="PENDING", is_detached=False),  # ended job
+        Row(placement_group_id="c", creator_job_id="01000000", state="CREATED", is_detached=False),  # another study
+        Row(placement_group_id="d", creator_job_id="02000000", state="CREATED", is_detached=True),  # meant to outlive
+        Row(placement_group_id="e", creator_job_id="02000000", state="REMOVED", is_detached=False),  # already gone
+        Row(placement_group_id="f", creator_job_id="04000000", state="CREATED", is_detached=False),  # this driver's
+        Row(placement_group_id="g", creator_job_id="05000000", state="CREATED", is_detached=False),  # no such job
+    ]
+    assert orphaned_placement_groups(groups, jobs, own_job="04000000") == ["a", "b", "g"]
+
+
+def test_the_workers_get_the_studys_ray_settings_and_the_users_mlflow_retry_budget(monkeypatch):
+    from study.cluster import RAY_ENV_DEFAULTS, apply_env_defaults
+
+    for key in RAY_ENV_DEFAULTS:  # so that this process's environment is given back as it was
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "10")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not forwarded")
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")  # the user's value wins
+    env = apply_env_defaults()
+    assert env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "10" and "MLFLOW_TRACKING_PASSWORD" not in env
+    assert env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1" and env["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"

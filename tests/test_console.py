@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from study.console import mlflow_ui_command, mlflow_ui_url
 
 
@@ -15,6 +17,21 @@ def test_the_ui_command_holds_on_two_cores_and_names_the_runs_page():
     with_page = mlflow_ui_command("sqlite:////x/mlflow.db", "7")
     assert with_page.startswith(command) and mlflow_ui_url("7") in with_page
     assert mlflow_ui_url("7") == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////x/mlflow.db", "file:///x/mlruns"])
+def test_a_store_without_a_server_gets_the_command_that_serves_it(uri):
+    shown = mlflow_ui_command(uri, "7", "abc")
+    assert shown.startswith(f"mlflow ui --backend-store-uri {uri} ") and mlflow_ui_url("7") in shown
+
+
+@pytest.mark.parametrize("uri", ["http://10.0.0.5:5000", "https://mlflow.example.org/tracking/"])
+def test_a_tracking_server_gets_its_own_pages_not_a_second_ui(uri):
+    base = uri.rstrip("/")
+    shown = mlflow_ui_command(uri, "7", "abc")
+    assert "mlflow ui" not in shown and "127.0.0.1:5000" not in shown
+    assert shown.splitlines() == [f"{base}/#/experiments/7/runs?workflowType=machine_learning",
+                                  f"  parent run: {base}/#/experiments/7/runs/abc"]
 
 
 EXITING = textwrap.dedent("""

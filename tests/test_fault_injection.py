@@ -8,7 +8,9 @@
 * A trial restored after its last epoch reports that epoch again instead of nothing.
 * A trial whose loss turns non-finite fails with the reason, in Ray Train and in MLflow.
 * The driver dies mid-study: SIGTERM, then SIGKILL, each followed by ``--resume``; the last
-  trial fails on purpose. See the scenario fixture below for what is checked.
+  trial fails on purpose. See the scenario fixture below for what is checked. The study turns
+  SIGTERM into Ctrl-C's SIGINT (``study.execute.fit_handling_signals``), so Ctrl-C takes the
+  same path.
 
 The worker kill runs the product's training loop under a test session
 (:class:`tests.standins.MarkedWorker`, given to ``fit_trial`` as its per-worker function):

@@ -83,7 +83,7 @@ def server(smoke_study):
         _wait_until_up(srv, log.name)
         yield srv
     finally:
-        _stop(proc)
+        stop_group(proc)
         log.close()
 
 
@@ -99,7 +99,7 @@ def _wait_until_up(srv: Server, log_path: str) -> None:
     raise AssertionError(f"mlflow server did not answer in {SERVER_START_S} s:\n{Path(log_path).read_text()[-3000:]}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_group(proc: subprocess.Popen) -> None:
     """Stop the server's process group (its workers too), politely first."""
     if proc.poll() is not None:
         return

@@ -275,7 +275,8 @@ def test_study_state_round_trips(tmp_path):
     again = load_state(str(tmp_path), "s")
     assert again == state and again.experiment_path == f"{tmp_path}/s" and not again.multi_objective
     assert load_state(str(tmp_path), "other") is None
-    assert "--resume --name s" in resume_command(state)
+    assert "--resume --name s" in resume_command(state) and "--address" not in resume_command(state)
+    assert resume_command(state, "auto").endswith(" --address auto")
 
 
 def test_missing_local_eval_data_fails_before_anything_starts(tmp_path):

@@ -3,10 +3,8 @@
 * the smoke study on the real trial (``trainables.driver.fit_trial``): Tune's results carry
   the target metric, MLflow holds a parent run with one child run per trial and per-family
   metrics, the artifacts exist, and ``study.report`` rebuilds the same table from MLflow;
-* resume: a study interrupted (SIGINT) after its first trial continues with ``--resume`` to
-  the requested number of trials, without re-running the finished one or duplicating runs
-  (a stand-in trial on the product's own ``TorchTrainer``, ``build_trainer``, so the timing of
-  the interruption is known);
+* (an interrupted study and its ``--resume``: tests/test_fault_injection.py, whose SIGTERM takes
+  Ctrl-C's path, and tests/test_cluster_rehearsal.py on a cluster with S3 storage);
 * failed trials and a multi-objective study (a stand-in trial without Ray Train, fast).
 """
 
@@ -14,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -25,7 +21,7 @@ import pytest
 
 from tests.standins import repo_env, standin_command
 from trainables.languages import FAMILIES
-from trainables.metric_names import FAMILY_METRIC, MAX_LOGGED_METRICS, TARGET_METRIC, logged_name
+from trainables.metric_names import FAMILY_METRIC, MAX_LOGGED_METRICS, logged_name
 from trainables.mlflow_layout import (
     FULL_METRICS_FILE,
     PER_QUERY_FILE,
@@ -129,71 +125,6 @@ def test_smoke_study_on_the_real_trial(smoke_study):
     assert report.returncode == 0, report.stderr[-3000:]
     assert _table_rows(report.stdout) == _table_rows(done.stdout)
     assert len(_table_rows(report.stdout)) == 2
-
-
-# ---------------------------------------------------------------------------
-RESUME_SPACE = """
-search: {algorithm: optuna, num_samples: 3, n_startup_trials: 3}
-fixed: {epochs: 3, synthetic_train_size: 64, synthetic_test_size: 100}
-params:
-  ratio: {type: uniform, low: 0.0, high: 1.0}
-"""
-
-
-def _completed_trials(cwd: Path, name: str) -> list[str]:
-    db = cwd / "mlflow.db"
-    if not db.exists():
-        return []
-    try:
-        client = client_for(f"sqlite:///{db}")
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            return []
-        runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{TAG_COMPLETED}` = 'true'")
-    except Exception:  # noqa: BLE001 - the study may be creating the database right now
-        return []
-    return [r.data.tags[TAG_TRIAL_ID] for r in runs]
-
-
-def test_interrupted_study_resumes_without_rerunning_or_duplicating(tmp_path):
-    space = _space(tmp_path, RESUME_SPACE, "resume")
-    env = repo_env(_env())
-    args = ["--space", str(space), "--name", "res", "--max-concurrent", "1"]
-    proc = subprocess.Popen(standin_command("train", *args, epoch_s=2), cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while not _completed_trials(tmp_path, "res"):
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "the first trial never completed"
-            time.sleep(1)
-        time.sleep(3)  # let Tune snapshot its state with the first trial finished
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, output[-3000:]
-    assert "--resume --name res" in output
-    first = _completed_trials(tmp_path, "res")
-    assert len(first) == 1
-    _, parent, children = _store(tmp_path, "res")
-    assert parent.info.status == "KILLED" and all(c.info.status != "RUNNING" for c in children)
-
-    resumed = subprocess.run(standin_command("train", "--resume", "--name", "res", epoch_s=2), cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"Trial trial_{first[0]} started" not in resumed.stdout  # the finished trial is not re-run
-
-    client, parent, children = _store(tmp_path, "res")
-    trial_ids = [c.data.tags[TAG_TRIAL_ID] for c in children]
-    assert parent.info.status == "FINISHED"
-    assert len(trial_ids) == 3 and len(set(trial_ids)) == 3  # requested number, no duplicates
-    assert all(c.info.status == "FINISHED" for c in children)
-    assert len(list((tmp_path / "ray_results" / "res").glob("trial_*"))) == 3
-    for child in children:
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, logged_name(TARGET_METRIC))]
-        assert steps == [1, 2, 3]
 
 
 # ---------------------------------------------------------------------------

@@ -48,6 +48,11 @@ def resolve_tracking_uri(uri: Optional[str] = None, cwd: Optional[str] = None) -
     return uri
 
 
+def is_tracking_server(uri: str) -> bool:
+    """Whether ``uri`` names a tracking server (``http://``, ``https://``), which serves its own UI."""
+    return uri.lower().startswith(("http://", "https://"))
+
+
 def sqlite_path(uri: str) -> Optional[Path]:
     """The database file of an absolute ``sqlite:////...`` URI, else None."""
     if not uri.startswith("sqlite:///"):
