@@ -52,7 +52,7 @@ from study.parent_run import (
 )
 from trainables.errors import one_line
 from trainables.mlflow_layout import BASE_CONFIG_FILE, SPACE_FILE
-from trainables.mlflow_store import TrackingError, client_for
+from trainables.mlflow_store import TrackingError, client_for, sqlite_path
 from trainables.trial_run import TrackingInfo
 
 
@@ -126,15 +126,33 @@ def plan_resources(state: StudyState, resumed: bool) -> Capacity:
 
 
 def cluster_warnings(state: StudyState, address: Any) -> list[str]:
-    """On a Ray cluster, local storage and a sqlite store reach only the nodes that hold them."""
+    """On a Ray cluster, local storage and a sqlite store reach only the nodes that hold them; in a Ray
+    job (``ray job submit --working-dir``), a path inside the job's copy of that folder goes with it."""
     if not address:
         return []
-    out = []
+    out = [f"{what} {path} is inside this Ray job's copy of its working directory, which Ray deletes after the job: "
+           f"pass {flag} with a lasting path{extra}" for what, path, flag, extra in _paths_in_job_copy(state)]
     if not is_uri(state.storage_path):
         out.append(f"storage path {state.storage_path} is local: on several nodes, use a shared folder or a URI (s3://...)")
     if state.tracking_uri.startswith("sqlite:"):
         out.append("a sqlite MLflow store is reachable from this node only: on several nodes, use an MLflow server")
     return out
+
+
+def _paths_in_job_copy(state: StudyState) -> list[tuple[str, str, str, str]]:
+    """(what, path, flag, note) of the study's paths inside the working-directory copy of the Ray job
+    this driver runs in; none outside a job with a working directory."""
+    import ray
+
+    if not (ray.get_runtime_context().runtime_env or {}).get("working_dir"):
+        return []
+    copy = Path.cwd().resolve()
+    db = sqlite_path(state.tracking_uri)
+    candidates = [("storage path", state.storage_path, "--storage-path", " (--resume reads the study's state there)"),
+                  ("MLflow database", str(db) if db else "", "--tracking-uri", ""),
+                  ("output folder", state.output_dir, "--output-dir", " (its files are also the parent run's "
+                   "summary/ artifacts in MLflow)")]
+    return [c for c in candidates if c[1] and not is_uri(c[1]) and Path(c[1]).resolve().is_relative_to(copy)]
 
 
 def open_tracking(client: Any, state: StudyState, resumed: bool) -> None:

@@ -266,6 +266,14 @@ def test_the_killed_study_resumed_through_its_s3_storage(rehearsal):
     assert "study.json" in listing.stdout.split(), listing.stdout + listing.stderr
 
 
+def test_a_path_that_ray_deletes_after_the_job_is_named(rehearsal):
+    """Study A keeps its state in a lasting folder but its outputs in the default, inside the job's copy
+    of the working directory: the plan says so, naming the flag; the state folder is not named."""
+    log = rehearsal.logs["study-a"]
+    assert "warning:  output folder " in log and "pass --output-dir with a lasting path" in log, log[:3000]
+    assert log.count("is inside this Ray job's copy of its working directory") == 1
+
+
 def test_the_printed_mlflow_link_is_the_servers_own_page(rehearsal):
     log = rehearsal.logs["study-a"]
     base = rehearsal.cluster.tracking_uri
