@@ -164,7 +164,9 @@ class Difference:
     var_a/n_a + var_b/n_b, Welch-Satterthwaite df; ``n`` = n_a + n_b). sd_train: the sd of the
     per-seed differences (paired) or sqrt(var_a + var_b) (unpaired; a side with one seed
     borrows the other's variance), NaN without a spread; se_test: the image bootstrap's standard
-    error of the difference.
+    error of the difference. With one seed at each ratio the training noise is unknown, and the
+    seed spread is what decides these comparisons (it dwarfs the test set's: benchmarks/README.md
+    §9), so the interval is NaN: such a difference is never called beyond noise.
     """
 
     diff: float
@@ -178,6 +180,11 @@ class Difference:
     @property
     def halfwidth(self) -> float:
         return (self.high - self.low) / 2
+
+    @property
+    def noise_known(self) -> bool:
+        """Whether the interval exists (False with one seed at each ratio)."""
+        return math.isfinite(self.low) and math.isfinite(self.high)
 
     @property
     def excludes_zero(self) -> bool:
@@ -223,10 +230,10 @@ def _difference(analysis: _Analysis, ratio_a: float, ratio_b: float, setting: st
         # seed variance stands in for it (var * (1 + 1/n), df = n - 1)
         var, n = (var_a, n_a) if var_a is not None else (var_b, n_b)
         var_train, df = var * (1 + 1 / n), n - 1
-    else:  # one seed each: no training-noise estimate, test-set noise alone (normal), as answer_rows
-        var_train, df = 0.0, None
+    else:
+        var_train, df = math.nan, None  # one seed each: their training noise is unknown (see Difference)
     se_test = _se(boot_a.mean(axis=0) - boot_b.mean(axis=0))
-    low, high = _interval(center, se_test, var_train, df, confidence)
+    low, high = _interval(center, se_test, var_train, df, confidence) if math.isfinite(var_train) else (math.nan, math.nan)
     known = [v for v in (var_a, var_b) if v is not None]  # a single-seed side borrows the other's variance
     sd = math.sqrt(known[0] + known[-1]) if known else math.nan
     return Difference(center, low, high, False, n_a + n_b, sd, se_test)
@@ -243,8 +250,8 @@ def paired_difference(
     spread is the training noise (t at df = pairs - 1). Otherwise unpaired: Welch (var_a/n_a +
     var_b/n_b, Welch-Satterthwaite df); when one ratio has a single seed, the other's seed
     variance stands in for its unknown one (var (1 + 1/n), df = n - 1); with one seed each, the
-    normal quantile covers test-set noise alone (as in answer_rows). Test-set noise: the bootstrap of the difference under the
-    same image resamples for both ratios. Raises KeyError when either ratio has no value.
+    training noise is unknown and the interval is (NaN, NaN). Test-set noise: the bootstrap of the
+    difference under the same image resamples for both ratios. Raises KeyError when either ratio has no value.
     """
     d = _difference(_analyse(trials, n_resamples, seed), ratio_a, ratio_b, setting, family, confidence)
     return d.diff, d.low, d.high

@@ -25,8 +25,16 @@ def _not_tried(missing: Sequence[float]) -> str:
     return f"{names} {'were' if len(missing) > 1 else 'was'} not tried"
 
 
+UNKNOWN_NOISE = "training noise unknown: one seed at each ratio"
+
+
 def _ruled_out(d: Difference) -> str:
     return f"it rules out a difference below {d.low:+.3f} or above {d.high:+.3f}"
+
+
+def _bracket(d: Difference, digits: int = 3) -> str:
+    """``[low, high]``, or why there is no interval."""
+    return f"[{d.low:+.{digits}f}, {d.high:+.{digits}f}]" if d.noise_known else f"[{UNKNOWN_NOISE}]"
 
 
 def _ends(analysis: _Analysis, confidence: float) -> str:
@@ -34,6 +42,10 @@ def _ends(analysis: _Analysis, confidence: float) -> str:
     if ends.missing:
         return f"The ends of the ratio range cannot be compared: {_not_tried(ends.missing)}."
     d = ends.difference
+    if not d.noise_known:
+        return (f"Ratio 1 and ratio 0 cannot be judged against noise: ratio 1 minus ratio 0 is {d.diff:+.3f} on the "
+                f"objective, but each was trained with one seed, so the seed spread that decides such differences is "
+                f"unknown; give each ratio 2 or more seeds (search.seeds in the space).")
     families = [f"{fam} ({diff:+.3f})" for fam, diff in ends.families]
     pct = f"{100 * confidence:g}%"
     verdict = "differ beyond noise" if d.excludes_zero else "do not differ beyond noise"
@@ -69,6 +81,9 @@ def _resolution(analysis: _Analysis, confidence: float, target: float) -> list[s
     lines = []
     for c in comparisons:
         d = c.difference
+        if not d.noise_known:
+            lines.append(f"  ratio {c.a:.3g} - ratio {c.b:.3g}: {d.diff:+.3f} (unresolved; {UNKNOWN_NOISE})")
+            continue
         what = "resolved" if d.excludes_zero else "unresolved"
         line = (f"  ratio {c.a:.3g} - ratio {c.b:.3g}: {d.diff:+.3f} ± {d.halfwidth:.3f} ({what}; "
                 f"{'paired over ' + str(d.n) + ' seeds' if d.paired else 'unpaired'})")
@@ -93,12 +108,12 @@ def _hypotheses(analysis: _Analysis, confidence: float) -> list[str]:
                 f"  (b) hybrid has less language bias than ratio 1: not testable ({why})."]
     level, h, vs0, vs1 = found.level, found.hybrid, found.vs0, found.vs1
     lines.append(f"  (a) hybrid beats both ends on the objective: {found.hybrid_verdict}: best hybrid ratio {h:.3g} "
-                 f"minus ratio 0 {vs0.diff:+.3f} [{vs0.low:+.3f}, {vs0.high:+.3f}], minus ratio 1 {vs1.diff:+.3f} "
-                 f"[{vs1.low:+.3f}, {vs1.high:+.3f}] ({100 * level:.3g}% intervals).")
+                 f"minus ratio 0 {vs0.diff:+.3f} {_bracket(vs0)}, minus ratio 1 {vs1.diff:+.3f} "
+                 f"{_bracket(vs1)} ({100 * level:.3g}% intervals).")
     if found.bias is not None:
         b, d = found.least_biased, found.bias
         lines.append(f"  (b) hybrid has less language bias than ratio 1: {found.bias_verdict}: least-biased hybrid ratio "
-                     f"{b:.3g} minus ratio 1 {d.diff:+.1f} [{d.low:+.1f}, {d.high:+.1f}] mean-rank gap "
+                     f"{b:.3g} minus ratio 1 {d.diff:+.1f} {_bracket(d, 1)} mean-rank gap "
                      f"({100 * level:.3g}% interval; lower is less bias).")
     return lines
 
@@ -128,8 +143,10 @@ def best_ratio_sentence(best: dict) -> str:
     (``best``: :attr:`study.outputs.Answer.best_ratio`)."""
     others = [ratio_label(r) for r in best["plausible"] if r != best["ratio"]]
     tied = f"; not distinguishable from it: ratio {', '.join(others)}" if others else "; better than every other ratio tried"
+    interval = (f"[{best['ci_low']:.3f}, {best['ci_high']:.3f}]" if best["n_seeds"] >= 2 else
+                f"[{best['ci_low']:.3f}, {best['ci_high']:.3f}] (test images only: one seed, its training noise unknown)")
     return (f"Best ratio (the answer: best mean over {best['n_seeds']} seeds of multilingual mAP@100): "
-            f"{ratio_label(best['ratio'])}, {best['mean']:.3f} [{best['ci_low']:.3f}, {best['ci_high']:.3f}]{tied}")
+            f"{ratio_label(best['ratio'])}, {best['mean']:.3f} {interval}{tied}")
 
 
 def answer_markdown(rows: Sequence[dict], best: Sequence[dict], sentence: str, notes: Sequence[str] = (),

@@ -1,6 +1,7 @@
 """study.answer: metric definitions, interval invariants, and a calibration study with known truth."""
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -163,9 +164,22 @@ def test_best_of_bias_is_the_minimum():
 
 
 def test_paired_difference_of_identical_trials_is_exactly_zero():
-    trials = study_of([(0.0, 0, 0.0, 1), (1.0, 0, 0.0, 1)])
+    trials = study_of([(r, s, 0.0, 1) for r in (0.0, 1.0) for s in range(2)])
     diff, low, high = paired_difference(trials, 1.0, 0.0, "multilingual", "i2t+t2t", n_resamples=200)
     assert diff == 0.0 and low <= 0.0 <= high
+
+
+def test_one_seed_at_each_ratio_gives_no_interval_and_no_claim():
+    """The seed spread decides these differences and one seed each cannot measure it: no interval, never
+    "beyond noise", however far apart the two single trials are."""
+    from study.answer_text import ends_sentence
+
+    trials = study_of([(0.0, 0, 0.0, 1), (1.0, 0, 0.2, 1)])
+    diff, low, high = paired_difference(trials, 1.0, 0.0, "multilingual", "i2t+t2t", n_resamples=200)
+    assert diff != 0.0 and math.isnan(low) and math.isnan(high)
+    assert "cannot be judged against noise" in ends_sentence(trials, n_resamples=200)
+    best = {(b["setting"], b["family"]): b for b in best_ratios(trials, n_resamples=200)}
+    assert best["multilingual", "i2t+t2t"]["plausible"] == [0.0, 1.0]  # neither is ruled out
 
 
 def test_paired_difference_of_a_constant_shift_is_tight():
