@@ -6,7 +6,7 @@ one torch thread, as a 1-CPU Ray worker. Every recipe is trained at ratios 0, 0.
 ``0..n-1`` (the same seeds at every ratio, as a study shares them), evaluated once, at the end, on the
 full synthetic test split. Each run saves its per-query AP arrays (``per_query_ap.npz``, what a
 study's trial logs), so the recipe's ends' difference is judged with the study's own analysis
-(:func:`study.answer_stats.paired_difference`): image bootstrap plus seed spread.
+(:func:`study.answer_stats.difference`): image bootstrap plus seed spread.
 
 Per recipe and ratio the table gives the mean and seed sd of the objective (multilingual mAP@100)
 and CPU-seconds per trial; per recipe, the seed-to-seed correlation between ratios (what pairing
@@ -137,7 +137,7 @@ def summarize(out: str, minutes: float, fixed_s: float, startup_s: float, evals_
     """Per recipe: per-ratio mean/sd/CPU, seed correlations, paired vs unpaired sd, test se, projection."""
     from study.answer_metrics import OBJECTIVE as ANSWER_OBJECTIVE
     from study.answer import load_trial_queries
-    from study.answer_stats import paired_difference
+    from study.answer_stats import difference
 
     rows = read_runs(out)
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
@@ -164,8 +164,7 @@ def summarize(out: str, minutes: float, fixed_s: float, startup_s: float, evals_
                   for ratio in (0.0, 1.0) for s in seeds]
         # test-set noise of the difference alone: the paired image bootstrap with the seed spread removed
         centred = _seed_free(trials)
-        d, low, high = paired_difference(centred, 1.0, 0.0, *ANSWER_OBJECTIVE, n_resamples=n_resamples)
-        se_test = (high - low) / 2 / 1.959964
+        se_test = difference(centred, 1.0, 0.0, *ANSWER_OBJECTIVE, n_resamples=n_resamples).se_test
         trial_s = fixed_s + float(np.mean(trial_cpu))
         n, half = projected_halfwidth(sd_paired, se_test, trial_s, minutes, startup_s)
         _, half_unpaired = projected_halfwidth(sd_unpaired, se_test, trial_s, minutes, startup_s)
@@ -181,7 +180,7 @@ def summarize(out: str, minutes: float, fixed_s: float, startup_s: float, evals_
 
 
 def _seed_free(trials: list) -> list:
-    """The trials with one seed each per ratio, so that :func:`paired_difference` sees test-set noise only.
+    """The trials with one seed each per ratio, so that :func:`study.answer_stats.difference` sees test-set noise only.
 
     Every trial keeps its own arrays but is given seed 0 and a ratio-unique id, and the seeds' arrays
     are concatenated per ratio as if one trial had answered every query of every seed: the bootstrap

@@ -253,8 +253,16 @@ def paired_difference(
     training noise is unknown and the interval is (NaN, NaN). Test-set noise: the bootstrap of the
     difference under the same image resamples for both ratios. Raises KeyError when either ratio has no value.
     """
-    d = _difference(_analyse(trials, n_resamples, seed), ratio_a, ratio_b, setting, family, confidence)
+    d = difference(trials, ratio_a, ratio_b, setting, family, confidence, n_resamples, seed)
     return d.diff, d.low, d.high
+
+
+def difference(
+    trials: Sequence[TrialQueries], ratio_a: float, ratio_b: float, setting: str, family: str,
+    confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0,
+) -> Difference:
+    """:func:`paired_difference` as a :class:`Difference` (how it was judged, its noise parts)."""
+    return _difference(_analyse(trials, n_resamples, seed), ratio_a, ratio_b, setting, family, confidence)
 
 
 def _best(analysis: _Analysis, confidence: float) -> list[dict]:
