@@ -50,7 +50,8 @@ from study.parent_run import (
     reopen_parent_run,
     start_parent_run,
 )
-from trainables.errors import one_line
+from trainables.atomic import atomic_file
+from trainables.errors import failure_reason, one_line
 from trainables.mlflow_layout import BASE_CONFIG_FILE, SPACE_FILE
 from trainables.mlflow_store import TrackingError, client_for, sqlite_path
 from trainables.trial_run import TrackingInfo
@@ -93,11 +94,31 @@ def run_study(state: StudyState, space: SearchSpace, args: Any, fit: Callable) -
     except (TrackingError, ClusterError):
         raise  # bad input: one line from study.run
     except Exception as err:  # noqa: BLE001 - Tune/Ray failure: one line and the way back
-        console.error(f"the study stopped: {one_line(err)}")
+        console.error(f"the study stopped: {failure_reason(err)}")
+        details = save_traceback(err, Path(state.output_dir))
+        if details:
+            console.say(f"  (the full traceback: {details})")
         console.say(f"Resume with:\n  {resume_command(state, args.address)}")
         return EXIT_FAILED
     finally:
         ray.shutdown()
+
+
+STUDY_ERROR_FILE = "study_error.txt"
+
+
+def save_traceback(err: BaseException, output_dir: Path) -> Optional[Path]:
+    """Write ``err``'s full traceback (Tune's own, with its cause) to ``output_dir``/study_error.txt,
+    where the one printed line comes from; None when it cannot be written (then the line alone)."""
+    import traceback
+
+    path = output_dir / STUDY_ERROR_FILE
+    try:
+        with atomic_file(path) as out:
+            out.write("".join(traceback.format_exception(err)).encode("utf-8"))
+    except OSError:
+        return None
+    return path
 
 
 def reclaim_cluster_resources() -> None:

@@ -1,6 +1,7 @@
 """Building (and restoring) the Ray Tune ``Tuner`` of a study.
 
-* Optuna spaces: a seeded TPE sampler in ``OptunaSearch``, bounded by ``ConcurrencyLimiter``.
+* Optuna spaces: a seeded TPE sampler in ``OptunaSearch`` (under :class:`ResumeSafeOptuna`, so a
+  study killed mid-save resumes), bounded by ``ConcurrencyLimiter``.
   Multi-objective metric/mode lists go on ``OptunaSearch`` (Ray 2.60), not ``TuneConfig``.
 * Grid spaces: Tune's grid search (no Optuna), bounded by ``max_concurrent_trials``.
 * With ``search.seeds`` (Optuna or grid): :class:`SeedSearcher`, on Tune's public ``Searcher``
@@ -23,14 +24,17 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune import Callback
 from ray.tune.search import Searcher
 
+from study import console
 from study.cluster import Capacity, driver_resources
 from study.race import RACE_REPORT, SeedRace, write_race_report
 from study.spaces import SearchSpace
 from study.state import StudyState, join
 from study.storage import is_uri
 from study.trial import TrialContext, run_trial
+from trainables.errors import one_line
 from trainables.languages import FAMILIES
 from trainables.metric_names import BIAS_METRIC, FAMILY_METRIC, LOSS_METRIC, logged_name
 from trainables.mlflow_layout import COMPLETED, EARLY_STOPPED
@@ -148,28 +152,103 @@ class SeedSearcher(Searcher):
         self._write_report()
 
     def save(self, checkpoint_path: str) -> None:  # noqa: D102 - see Searcher
-        blob = None
-        if self.inner is not None:
-            with tempfile.TemporaryDirectory() as folder:
-                inner = os.path.join(folder, "inner.pkl")
-                self.inner.save(inner)
-                with open(inner, "rb") as f:
-                    blob = base64.b64encode(f.read()).decode("ascii")
-        state = {"race": self.race.state(), "inner": blob, "grid": self.grid}
+        state = {"race": self.race.state(), "inner": _saved_blob(self.inner), "grid": self.grid}
         with open(checkpoint_path, "w", encoding="utf-8") as f:
             json.dump(state, f)  # plain data: a resumed study never unpickles a file of ours
 
     def restore(self, checkpoint_path: str) -> None:  # noqa: D102 - see Searcher
         with open(checkpoint_path, encoding="utf-8") as f:
             state = json.load(f)
-        if state.get("inner") is not None and self.inner is not None:
-            with tempfile.TemporaryDirectory() as folder:
-                inner = os.path.join(folder, "inner.pkl")
-                with open(inner, "wb") as f:
-                    f.write(base64.b64decode(state["inner"]))
-                self.inner.restore(inner)  # the inner searcher's own format (Tune restores it the same way)
+        _restore_blob(self.inner, state.get("inner"))
         self.race = SeedRace.from_state(state["race"])
         self.grid = state.get("grid", self.grid)
+
+
+def _saved_blob(searcher: Any) -> Optional[str]:
+    """``searcher``'s own saved file (``Searcher.save``), as base64 text to embed in a JSON state."""
+    if searcher is None:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "inner.pkl")
+        searcher.save(path)
+        with open(path, "rb") as f:
+            return base64.b64encode(f.read()).decode("ascii")
+
+
+def _restore_blob(searcher: Any, blob: Optional[str]) -> None:
+    """Restore ``searcher`` from a :func:`_saved_blob` text (its own format, as Tune restores it)."""
+    if searcher is None or blob is None:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "inner.pkl")
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(blob))
+        searcher.restore(path)
+
+
+class TrialStarts(Callback):
+    """A Tune callback that keeps each started trial's config, by trial id (for :class:`ResumeSafeOptuna`)."""
+
+    def __init__(self):
+        self.configs: dict[str, dict] = {}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:  # noqa: D102
+        self.configs[trial.trial_id] = dict(trial.config)
+
+
+class ResumeSafeOptuna(Searcher):
+    """``OptunaSearch`` that survives a study killed while Tune was saving its state.
+
+    Tune saves a study's trial list and its searcher as separate files and copies them to the
+    storage path one by one, so a study killed at the wrong moment (SIGKILL, a lost node) can
+    resume with a trial the restored searcher never suggested. ``OptunaSearch`` raises a
+    ``KeyError`` for such a trial's results, and that error ends the whole study. Here, the
+    results of a trial the searcher does not know are told to Optuna as an evaluated point,
+    with the config :class:`TrialStarts` saw it start with; the rest goes to ``inner`` as is.
+    """
+
+    def __init__(self, inner: Any):
+        super().__init__(metric=inner.metric, mode=inner.mode)
+        self.inner, self.starts = inner, TrialStarts()
+        self.known: set[str] = set()  # trial ids ``inner`` suggested (saved with it, so they agree)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:  # noqa: D102 - see Searcher
+        return self.inner.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str):  # noqa: D102 - see Searcher
+        config = self.inner.suggest(trial_id)
+        if isinstance(config, dict):
+            self.known.add(trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:  # noqa: D102 - see Searcher
+        if trial_id in self.known:
+            self.inner.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:  # noqa: D102
+        if trial_id in self.known:
+            self.inner.on_trial_complete(trial_id, result=result, error=error)
+            return
+        config = self.starts.configs.get(trial_id)
+        metric = self.inner.metric
+        value = None if error or not result else (
+            [result.get(m) for m in metric] if isinstance(metric, list) else result.get(metric))
+        try:
+            if config is None:
+                raise KeyError("its config was not seen")
+            self.inner.add_evaluated_point(config, value, error=error or value is None)
+        except Exception as err:  # noqa: BLE001 - the study goes on; Optuna's history lacks one trial
+            console.say(f"note: trial {trial_id} (started before a resume) is not in Optuna's history: {one_line(err)}")
+
+    def save(self, checkpoint_path: str) -> None:  # noqa: D102 - see Searcher
+        with open(checkpoint_path, "w", encoding="utf-8") as f:
+            json.dump({"inner": _saved_blob(self.inner), "known": sorted(self.known)}, f)
+
+    def restore(self, checkpoint_path: str) -> None:  # noqa: D102 - see Searcher
+        with open(checkpoint_path, encoding="utf-8") as f:
+            state = json.load(f)
+        _restore_blob(self.inner, state["inner"])
+        self.known = set(state["known"])
 
 
 def seed_race(space: SearchSpace, state: StudyState) -> SeedRace:
@@ -188,6 +267,8 @@ def build_searcher(space: SearchSpace, state: StudyState) -> Any:
     from ray.tune.search import ConcurrencyLimiter
 
     searcher = _optuna_searcher(space, state) if space.algorithm == "optuna" else None
+    if searcher is not None and not space.seeds:
+        searcher = ResumeSafeOptuna(searcher)
     if space.seeds:
         grid = space.grid_points() if space.algorithm == "grid" else ()
         searcher = SeedSearcher(seed_race(space, state), state.metric, state.mode, inner=searcher, grid=grid,
@@ -341,7 +422,7 @@ def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, fit: 
         failure_config=tune.FailureConfig(max_failures=0),  # worker restarts happen inside Ray Train
         # Tune's CSV and JSON results (result.json, progress.csv), without its TensorBoard logger:
         # MLflow is where a study is read, and Tune would print a TensorBoard hint for it.
-        callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
+        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), *_searcher_callbacks(searcher)],
     )
     return tune.Tuner(
         build_trainable(state, capacity, fit),
@@ -349,6 +430,15 @@ def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, fit: 
         tune_config=tune_config,
         run_config=run_config,
     )
+
+
+def _searcher_callbacks(searcher: Any) -> list:
+    """The Tune callbacks a searcher needs (:class:`ResumeSafeOptuna`'s :class:`TrialStarts`).
+
+    Tune pickles the searcher and the callbacks together (``tuner.pkl``), so a restored study's
+    searcher and callback are still one pair."""
+    inner = getattr(searcher, "searcher", None)  # under the ConcurrencyLimiter
+    return [inner.starts] if isinstance(inner, ResumeSafeOptuna) else []
 
 
 def _no_tensorboard_logger() -> None:

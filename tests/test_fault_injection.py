@@ -384,9 +384,11 @@ def optuna_trials(experiment_dir: Path) -> list:
     """The trials of the Optuna study inside the searcher Tune saved last."""
     from ray.tune.search.optuna import OptunaSearch
 
-    searcher = OptunaSearch()
+    from study.tuning import ResumeSafeOptuna
+
+    searcher = ResumeSafeOptuna(OptunaSearch())
     searcher.restore_from_dir(str(experiment_dir))
-    return searcher._ot_study.trials  # noqa: SLF001 - the searcher's own Optuna history
+    return searcher.inner._ot_study.trials  # noqa: SLF001 - the searcher's own Optuna history
 
 
 def seeded_draws(seed: int, count: int) -> list[float]:

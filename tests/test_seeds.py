@@ -89,3 +89,55 @@ def test_a_restored_searcher_still_groups_the_running_seeds(tmp_path):
     trials = restored.inner._ot_study.trials
     assert trials[0].value == pytest.approx(0.3)
     assert restored.suggest("t3") == {"ratio": 1.0, "seed": 0}
+
+
+def _optuna(seed=0):
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from study.tuning import ResumeSafeOptuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = ResumeSafeOptuna(OptunaSearch(metric="m", mode="max", sampler=optuna.samplers.TPESampler(seed=seed)))
+    searcher.set_search_properties("m", "max", {"ratio": tune.uniform(0.0, 1.0)})
+    return searcher
+
+
+def _start(searcher, trial_id, config):
+    from types import SimpleNamespace
+
+    searcher.starts.on_trial_start(0, [], SimpleNamespace(trial_id=trial_id, config=config))
+
+
+def test_a_trial_the_restored_searcher_never_suggested_is_learned_not_fatal(tmp_path):
+    """A study killed while Tune copied its files resumes with a trial its searcher state predates:
+    its results reach Optuna as an evaluated point (with the config it started with), and plain
+    OptunaSearch, which raises KeyError for it, would have ended the study."""
+    searcher = _optuna()
+    first = searcher.suggest("t0")
+    searcher.on_trial_complete("t0", {"m": 0.4})
+    path = tmp_path / "searcher.json"
+    searcher.save(str(path))  # the state on storage: t1 is suggested after it
+    searcher.suggest("t1")
+
+    restored = _optuna()
+    restored.restore(str(path))
+    with pytest.raises(KeyError):  # what the study died of
+        restored.inner.on_trial_complete("t1", error=True)
+    _start(restored, "t1", {"ratio": 0.25})
+    _start(restored, "t2", {"ratio": 0.75})
+    restored.on_trial_result("t1", {"m": 0.1, "training_iteration": 1})
+    restored.on_trial_complete("t1", error=True)
+    restored.on_trial_complete("t2", {"m": 0.5})
+    trials = restored.inner._ot_study.trials
+    assert [(t.params["ratio"], t.state.name, t.value) for t in trials] == [
+        (first["ratio"], "COMPLETE", 0.4), (0.25, "FAIL", None), (0.75, "COMPLETE", 0.5)]
+    assert restored.suggest("t3")["ratio"] not in (first["ratio"], 0.25, 0.75)
+
+
+def test_a_trial_never_seen_starting_is_a_note(capsys):
+    searcher = _optuna()
+    searcher.on_trial_complete("ghost", {"m": 0.5})
+    assert "trial ghost (started before a resume) is not in Optuna's history" in capsys.readouterr().out
+    assert searcher.inner._ot_study.trials == []

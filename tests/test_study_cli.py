@@ -244,6 +244,27 @@ def test_failure_reason_is_one_line():
     assert "\n" not in failure_reason(RuntimeError("a\nb"))
 
 
+def test_a_stopped_study_names_tunes_cause_and_keeps_the_traceback(tmp_path):
+    from ray.tune.error import TuneError
+
+    from study.execute import save_traceback
+
+    try:  # how Tune wraps a failure in its own failure handling: the cause is the text's last line
+        try:
+            open(tmp_path / "missing" / "error.pkl", "wb")
+        except OSError:
+            import traceback
+            raise TuneError(traceback.format_exc()) from None
+    except TuneError as err:
+        caught = err
+    assert failure_reason(caught).startswith("FileNotFoundError: [Errno 2]")
+    saved = save_traceback(caught, tmp_path / "out")
+    assert saved == tmp_path / "out" / "study_error.txt"
+    assert "FileNotFoundError" in saved.read_text() and "TuneError" in saved.read_text()
+    (tmp_path / "file").write_text("")
+    assert save_traceback(caught, tmp_path / "file") is None  # no folder to write into: the line alone
+
+
 def test_epochs_without_the_objective_are_not_forwarded_to_tune(monkeypatch):
     from ray.tune.integration.ray_train import TuneReportCallback
 
