@@ -136,6 +136,14 @@ ROWS = [
      "error: trial settings (space 'fixed' + command line): lock_image=1.5: must be true or false"),
     ("nul-in-a-set-string", ["--set", 'hf_text_model="a\\0b"'],
      "error: trial settings (space 'fixed' + command line): hf_text_model='a\\x00b': holds a NUL character"),
+    ("hf-hub-model-not-cached-offline", ["--set", "model=hf-hub:nobody/no-model"],
+     "error: trial settings (space 'fixed' + command line): model='hf-hub:nobody/no-model': open_clip_config.json "
+     "of nobody/no-model is not in the Hugging Face cache and HF_HUB_OFFLINE is set; download the model first "
+     "(hf download nobody/no-model)"),
+    ("hf-hub-model-not-a-repo-id", ["--set", "model=hf-hub:a b"],
+     "error: trial settings (space 'fixed' + command line): model='hf-hub:a b': not a Hugging Face repository id ..."),
+    ("local-dir-model-without-config", ["--set", "model=local-dir:nowhere"],
+     "error: trial settings (space 'fixed' + command line): model='local-dir:nowhere': no open_clip_config.json in nowhere"),
     ("nul-in-a-flag", ["--storage-path", "a\x00b"], "error: --storage-path 'a\\x00b': holds a NUL character"),
     ("newline-in-a-path", ["--eval-data", "a\nb"], "error: --eval-data {here}/a\\nb: no such file or folder"),
     ("space-empty", ["--space", ""], "error: --space '': empty space name; give one, or leave the flag out"),
@@ -151,6 +159,25 @@ def test_refused_before_ray_starts(here, capsys, argv, expected):
         assert line.startswith(expected[:-3]), line
     else:
         assert line == expected
+
+
+def test_a_cached_hf_hub_model_config_is_checked_offline(here, capsys, monkeypatch):
+    """An hf-hub: model's config is read from the local Hugging Face cache (never downloaded), so its
+    limits are checked before Ray starts, as a registry model's are."""
+    import json
+
+    from huggingface_hub import constants
+
+    snapshot = here / "hub" / "models--org--clip" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (here / "hub" / "models--org--clip" / "refs").mkdir()
+    (here / "hub" / "models--org--clip" / "refs" / "main").write_text("abc")
+    vit = {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32}
+    (snapshot / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"embed_dim": 512, "vision_cfg": vit}}))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(here / "hub"))
+    line = run_cli(capsys, here, ["--space", "smoke", "--set", "model=hf-hub:org/clip", "--set", "image_size=16"])
+    assert line == ("error: trial settings (space 'fixed' + command line): image_size=16: model 'hf-hub:org/clip' "
+                    "takes images of at least 32 px (one 32 px patch of its vision tower)")
 
 
 def test_an_output_dir_that_is_a_file(here, capsys):

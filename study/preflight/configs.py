@@ -4,11 +4,14 @@ meet (a batch larger than the data, more memory than the machine has)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Optional
 
 from study.preflight import PreflightError
 from study.spaces import SearchSpace, SpaceError, validation_points
 from trainables.config import ConfigError, TrialConfig
+from trainables.errors import one_line
 from trainables.memory import estimate_worker_memory, gib
 
 
@@ -74,9 +77,7 @@ def check_model_limits(config: TrialConfig, model_name: str) -> None:
     * ``context_length`` with a model that uses its own tokenizer: the model's text context
       is fixed, so another value would be silently ignored.
     """
-    import open_clip  # see _check_model
-
-    model_cfg = open_clip.get_model_config(model_name) or {}
+    model_cfg = model_config_offline(config.model, model_name)
     smallest, unit = _smallest_image(model_cfg.get("vision_cfg") or {})
     if smallest and config.image_size < smallest:
         raise ConfigError(f"image_size={config.image_size}: model {config.model!r} takes images of at least "
@@ -153,9 +154,50 @@ def single_language_note(space: SearchSpace, base: dict) -> Optional[str]:
 
 
 def _model_config(config: TrialConfig) -> dict:
+    return model_config_offline(config.model, _MODELS_CHECKED[config.model, config.pretrained])
+
+
+HF_CONFIG_FILE = "open_clip_config.json"  # an hf-hub: or local-dir: model's config, as open_clip names it
+
+
+def model_config_offline(model: str, model_name: str) -> dict:
+    """open_clip's config of ``model_name`` (``model`` as the user wrote it, for messages), read
+    without a download: a registry model's own; a ``local-dir:`` folder's open_clip_config.json
+    (ConfigError when it has none); an ``hf-hub:`` repository's from the local Hugging Face cache,
+    else ``{}``: the trial fetches it where it runs, and nothing here knows the model's limits
+    (ConfigError when ``HF_HUB_OFFLINE`` is set: no trial could fetch it)."""
     import open_clip  # see _check_model
 
-    return open_clip.get_model_config(_MODELS_CHECKED[config.model, config.pretrained]) or {}
+    if model_name.startswith("local-dir:"):
+        path = Path(model_name[len("local-dir:"):]) / HF_CONFIG_FILE
+        if not path.is_file():
+            raise ConfigError(f"model={model!r}: no {HF_CONFIG_FILE} in {path.parent}")
+    elif model_name.startswith("hf-hub:"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = model_name[len("hf-hub:"):]
+        try:
+            cached = try_to_load_from_cache(repo_id=repo, filename=HF_CONFIG_FILE)
+        except ValueError as err:  # huggingface_hub's HFValidationError: not a repository id
+            raise ConfigError(f"model={model!r}: not a Hugging Face repository id ({one_line(err)})") from None
+        if not isinstance(cached, str):
+            from huggingface_hub import constants
+
+            if constants.HF_HUB_OFFLINE:  # the trials could not fetch it either
+                raise ConfigError(f"model={model!r}: {HF_CONFIG_FILE} of {repo} is not in the Hugging Face cache "
+                                  f"and HF_HUB_OFFLINE is set; download the model first (hf download {repo})")
+            return {}
+        path = Path(cached)
+    else:
+        return open_clip.get_model_config(model_name) or {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model={model!r}: cannot read {path}: {one_line(err)}") from None
+    cfg = data.get("model_cfg", data) if isinstance(data, dict) else None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"model={model!r}: {path} holds no model config")
+    return cfg
 
 
 def _shown(point: dict) -> str:
