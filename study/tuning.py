@@ -432,13 +432,49 @@ def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, fit: 
     )
 
 
+class LimiterSync(Callback):
+    """A Tune callback that keeps the ``ConcurrencyLimiter``'s live trials those Tune still runs.
+
+    The limiter's state is a file of its own, copied to the storage path apart from Tune's trial
+    list (see :class:`ResumeSafeOptuna`). A study killed during that copy can resume with the
+    limiter counting a trial Tune does not have, or one Tune already finished: with one trial
+    at a time the limiter then suggests nothing, ever, and the study hangs. At the start of each
+    Tune step, a live trial that Tune finished is told to the searcher with its last result
+    (as Tune would have), and one that Tune does not know is dropped.
+    """
+
+    def __init__(self, limiter: Any):
+        self.limiter = limiter
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:  # noqa: D102 - see Callback
+        live = set(getattr(self.limiter, "live_trials", ()))
+        if not live:
+            return
+        known = {t.trial_id: t for t in trials}
+        for trial_id in sorted(live):
+            trial = known.get(trial_id)
+            if trial is not None and not trial.is_finished():
+                continue
+            if trial is not None:  # finished before the saved limiter heard of it
+                self.limiter.on_trial_complete(trial_id, result=trial.last_result or None,
+                                               error=trial.status == "ERROR")
+            if trial_id in self.limiter.live_trials:  # unknown to Tune (or not removed above)
+                self.limiter.live_trials.discard(trial_id)
+                self.limiter.num_unfinished_live_trials = max(0, self.limiter.num_unfinished_live_trials - 1)
+            console.say(f"note: the searcher's state counted trial {trial_id} as running; "
+                        f"{'told it the end Tune recorded' if trial is not None else 'Tune has no such trial'}")
+
+
 def _searcher_callbacks(searcher: Any) -> list:
-    """The Tune callbacks a searcher needs (:class:`ResumeSafeOptuna`'s :class:`TrialStarts`).
+    """The Tune callbacks a searcher needs: :class:`LimiterSync` for the ``ConcurrencyLimiter``, and
+    :class:`ResumeSafeOptuna`'s :class:`TrialStarts`.
 
     Tune pickles the searcher and the callbacks together (``tuner.pkl``), so a restored study's
-    searcher and callback are still one pair."""
+    searcher and callbacks still refer to one another."""
+    if searcher is None:
+        return []
     inner = getattr(searcher, "searcher", None)  # under the ConcurrencyLimiter
-    return [inner.starts] if isinstance(inner, ResumeSafeOptuna) else []
+    return [LimiterSync(searcher), *([inner.starts] if isinstance(inner, ResumeSafeOptuna) else [])]
 
 
 def _no_tensorboard_logger() -> None:

@@ -141,3 +141,38 @@ def test_a_trial_never_seen_starting_is_a_note(capsys):
     searcher.on_trial_complete("ghost", {"m": 0.5})
     assert "trial ghost (started before a resume) is not in Optuna's history" in capsys.readouterr().out
     assert searcher.inner._ot_study.trials == []
+
+
+def _tune_trial(trial_id, status, last_result=None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(trial_id=trial_id, status=status, last_result=last_result or {},
+                           is_finished=lambda: status in ("TERMINATED", "ERROR"))
+
+
+def test_a_limiter_restored_with_trials_tune_does_not_run_lets_the_study_go_on(capsys):
+    """The limiter's saved live trials can disagree with Tune's restored trial list (a study killed
+    while Tune copied its files). With one trial at a time it would then suggest nothing, ever:
+    LimiterSync tells the searcher the end Tune recorded and drops trials Tune does not have."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    from study.tuning import LimiterSync
+
+    limiter = ConcurrencyLimiter(_optuna(), max_concurrent=1)
+    done = limiter.suggest("done")
+    assert done is not None and limiter.suggest("blocked") is None  # one at a time
+    sync = LimiterSync(limiter)
+    sync.on_step_begin(0, [_tune_trial("done", "RUNNING")])  # Tune still runs it: nothing changes
+    assert limiter.live_trials == {"done"}
+    sync.on_step_begin(1, [_tune_trial("done", "TERMINATED", {"m": 0.7})])  # finished before the save
+    assert limiter.live_trials == set()
+    trials = limiter.searcher.inner._ot_study.trials
+    assert [(t.state.name, t.value) for t in trials] == [("COMPLETE", 0.7)]
+
+    ghost = limiter.suggest("ghost")
+    assert ghost is not None
+    sync.on_step_begin(2, [_tune_trial("done", "TERMINATED", {"m": 0.7})])  # Tune never saved "ghost"
+    assert limiter.live_trials == set() and limiter.suggest("next") is not None
+    out = capsys.readouterr().out
+    assert "counted trial done as running; told it the end Tune recorded" in out
+    assert "counted trial ghost as running; Tune has no such trial" in out
