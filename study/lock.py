@@ -297,9 +297,21 @@ class Lease:
                 continue  # a passing store error: try again at the next renewal, well before expiry
 
     def _write(self) -> None:
+        """Write the record whole: an object store shows a new object whole; a local file system
+        gets a temporary file renamed into place, so a rival's read never sees two writes mixed
+        (pyarrow truncates a local file and then writes it)."""
+        import pyarrow.fs  # see _read
+
         self.record["expires"] = time.time() + self.ttl_s
-        with self.fs.open_output_stream(self.path) as out:
-            out.write(json.dumps(self.record).encode())
+        data = json.dumps(self.record).encode()
+        if not isinstance(self.fs, pyarrow.fs.LocalFileSystem):
+            with self.fs.open_output_stream(self.path) as out:
+                out.write(data)
+            return
+        tmp = f"{self.path}.{self.record['token']}.tmp"
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(data)
+        self.fs.move(tmp, self.path)
 
     def _read(self) -> Optional[dict]:
         import pyarrow.fs  # start-up cost a study on a local folder never needs (docs/performance.md)

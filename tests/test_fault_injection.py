@@ -398,7 +398,7 @@ def optuna_trials(experiment_dir: Path) -> list:
     """The trials of the Optuna study inside the searcher Tune saved last."""
     from ray.tune.search.optuna import OptunaSearch
 
-    from study.tuning import ResumeSafeOptuna
+    from study.searchers import ResumeSafeOptuna
 
     searcher = ResumeSafeOptuna(OptunaSearch())
     searcher.restore_from_dir(str(experiment_dir))

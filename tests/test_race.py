@@ -10,7 +10,7 @@ from study.answer import TrialQueries
 from study.answer_metrics import OBJECTIVE, metric_values
 from study.outputs import study_answer
 from study.race import SeedPlan, SeedRace
-from study.tuning import SeedSearcher
+from study.searchers import SeedSearcher
 
 
 def race(n_candidates=3, min_seeds=2, max_seeds=8, target=0.01, **plan):

@@ -4,7 +4,7 @@ import pytest
 
 from study.spaces import SpaceError, parse_space
 from study.race import SeedPlan, SeedRace
-from study.tuning import SeedSearcher
+from study.searchers import SeedSearcher
 
 BASE = {"fixed": {"epochs": 1}, "params": {"ratio": {"type": "uniform", "low": 0.0, "high": 1.0}}}
 
@@ -96,7 +96,7 @@ def _optuna(seed=0):
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from study.tuning import ResumeSafeOptuna
+    from study.searchers import ResumeSafeOptuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     searcher = ResumeSafeOptuna(OptunaSearch(metric="m", mode="max", sampler=optuna.samplers.TPESampler(seed=seed)))
@@ -156,7 +156,7 @@ def test_a_limiter_restored_with_trials_tune_does_not_run_lets_the_study_go_on(c
     LimiterSync tells the searcher the end Tune recorded and drops trials Tune does not have."""
     from ray.tune.search import ConcurrencyLimiter
 
-    from study.tuning import LimiterSync
+    from study.searchers import LimiterSync
 
     limiter = ConcurrencyLimiter(_optuna(), max_concurrent=1)
     done = limiter.suggest("done")
