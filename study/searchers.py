@@ -169,12 +169,14 @@ class ResumeSafeOptuna(Searcher):
             self.inner.on_trial_complete(trial_id, result=result, error=error)
             return
         config = self.starts.configs.get(trial_id)
+        if config is None:
+            console.say(f"note: trial {trial_id} (started before a resume) is not in Optuna's history: "
+                        "its config was not seen")
+            return
         metric = self.inner.metric
         value = None if error or not result else (
             [result.get(m) for m in metric] if isinstance(metric, list) else result.get(metric))
         try:
-            if config is None:
-                raise KeyError("its config was not seen")
             self.inner.add_evaluated_point(config, value, error=error or value is None)
         except Exception as err:  # noqa: BLE001 - the study goes on; Optuna's history lacks one trial
             console.say(f"note: trial {trial_id} (started before a resume) is not in Optuna's history: {one_line(err)}")
@@ -205,14 +207,12 @@ class LimiterSync(Callback):
         self.limiter = limiter
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:  # noqa: D102 - see Callback
-        live = set(getattr(self.limiter, "live_trials", ()))
-        if not live:
+        stale = set(self.limiter.live_trials) - {t.trial_id for t in trials if not t.is_finished()}
+        if not stale:
             return
-        known = {t.trial_id: t for t in trials}
-        for trial_id in sorted(live):
-            trial = known.get(trial_id)
-            if trial is not None and not trial.is_finished():
-                continue
+        finished = {t.trial_id: t for t in trials if t.trial_id in stale}
+        for trial_id in sorted(stale):
+            trial = finished.get(trial_id)
             if trial is not None:  # finished before the saved limiter heard of it
                 self.limiter.on_trial_complete(trial_id, result=trial.last_result or None,
                                                error=trial.status == "ERROR")

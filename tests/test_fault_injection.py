@@ -394,6 +394,12 @@ def mlflow_state(cwd: Path) -> dict:
     return {"client": client, "parents": parents, "children": children}
 
 
+def epochs_logged_once_before(client, run, at: float) -> bool:
+    """Whether ``run`` logged the target metric of epochs 1 and 2 once each, all before time ``at``."""
+    history = client.get_metric_history(run.info.run_id, logged_name(TARGET_METRIC))
+    return [m.step for m in history] == [1, 2] and max(m.timestamp for m in history) / 1000 < at
+
+
 def optuna_trials(experiment_dir: Path) -> list:
     """The trials of the Optuna study inside the searcher Tune saved last."""
     from ray.tune.search.optuna import OptunaSearch
@@ -506,8 +512,7 @@ def test_finished_trials_are_not_trained_again(scenario):
         killed_at = scenario.sigterm_at if trial_id in scenario.completed_before_sigterm else scenario.sigkill_at
         run = scenario.final["children"][trial_id][0]
         assert run.info.status == "FINISHED"
-        history = client.get_metric_history(run.info.run_id, logged_name(TARGET_METRIC))
-        assert [m.step for m in history] == [1, 2] and max(m.timestamp for m in history) / 1000 < killed_at
+        assert epochs_logged_once_before(client, run, killed_at)
         # no trainer was built for it again: its Ray Train run folder was last written before the kill
         written = [p.stat().st_mtime for p in (experiment / "train_runs" / f"trial_{trial_id}").rglob("*")]
         assert written and max(written) < killed_at
@@ -535,7 +540,7 @@ def test_a_failed_trial_is_recorded_and_reported_with_its_reason(scenario):
 
 # Raced seeds (study.race) on a grid: 2 seeds per ratio first, then one more to the less precise side,
 # 5 trials in all, 2 at a time. The driver is killed after 2 completed trials, and --resume continues the race.
-# The race lives in the study's driver (study.tuning.SeedSearcher): the trials are stand-ins without Ray
+# The race lives in the study's driver (study.searchers.SeedSearcher): the trials are stand-ins without Ray
 # Train (the scenario above kills a study whose trials run on it).
 RACE_SPACE = """
 search:
@@ -567,7 +572,5 @@ def test_a_killed_raced_study_resumes_its_allocation(tmp_path):
     state = mlflow_state(tmp_path)
     assert len(state["children"]) == 5 and all(len(runs) == 1 for runs in state["children"].values())
     assert all(runs[0].info.status == "FINISHED" for runs in state["children"].values())  # none left RUNNING
-    for trial_id in before:  # not trained again after the kill: each epoch logged once, before it
-        run = state["children"][trial_id][0]
-        history = state["client"].get_metric_history(run.info.run_id, logged_name(TARGET_METRIC))
-        assert [m.step for m in history] == [1, 2] and max(m.timestamp for m in history) / 1000 < killed_at
+    for trial_id in before:  # not trained again after the kill
+        assert epochs_logged_once_before(state["client"], state["children"][trial_id][0], killed_at)
