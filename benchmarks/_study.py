@@ -89,9 +89,9 @@ def trial_timeline(client: Any, run: Any) -> dict[str, Any]:
     train = {m.step: m for m in history("train/epoch_time_s")}
     evals = {m.step: m.value for m in history("eval/time_s")}
     samples = {m.step: m.value for m in history("train/samples_per_s")}
-    epochs = [{"epoch": step, "reported": train[step].timestamp / 1000, "train_s": train[step].value,
+    epochs = [{"epoch": epoch, "step": step, "reported": train[step].timestamp / 1000, "train_s": train[step].value,
                "eval_s": evals.get(step, 0.0), "samples_per_s": samples.get(step, float("nan"))}
-              for step in sorted(train)]
+              for epoch, step in enumerate(sorted(train), 1)]  # the step is the training step
     return {"run_id": run.info.run_id, "start": run.info.start_time / 1000,
             "end": (run.info.end_time or run.info.start_time) / 1000, "epochs": epochs}
 

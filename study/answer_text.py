@@ -4,7 +4,7 @@ hypotheses, the markdown summary and the figure, made of the numbers of :mod:`st
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from study.answer import TrialQueries
 from study.answer_metrics import OBJECTIVE
@@ -147,6 +147,66 @@ def best_ratio_sentence(best: dict) -> str:
                 f"[{best['ci_low']:.3f}, {best['ci_high']:.3f}] (test images only: one seed, its training noise unknown)")
     return (f"Best ratio (the answer: best mean over {best['n_seeds']} seeds of multilingual mAP@100): "
             f"{ratio_label(best['ratio'])}, {best['mean']:.3f} {interval}{tied}")
+
+
+def conditional_sentence(effect: Any, others: Sequence[str], metric: str, n_trials: int,
+                         tried: tuple[float, float]) -> str:
+    """The ratio's effect with ``others`` held fixed, in one sentence (``effect``:
+    :func:`study.answer_conditional.conditional_ratio_effect`, or None when it cannot be separated;
+    ``tried``: the lowest and highest ratio tried)."""
+    held = " and ".join(others)
+    if effect is None:
+        return (f"The ratio's effect cannot be separated from {held}: {n_trials} completed trials leave too few "
+                f"degrees of freedom for a model of the ratio with {held} held fixed, or the ratio moved only with "
+                "them; no ratio effect is claimed.")
+    if effect.high < 0 or effect.low > 0:
+        verdict = f"ratio 1 gives a {'lower' if effect.high < 0 else 'higher'} {metric} than ratio 0 beyond noise"
+    else:
+        verdict = "not beyond noise: it rules out differences outside that interval"
+    return (f"Ratio effect with {held} held fixed (additive model over {effect.n} trials: linear in the ratio, "
+            f"{', '.join(effect.terms)}; conservative 95% CI, t with {effect.df} df): ratio 1 minus ratio 0 is "
+            f"{effect.estimate:+.3f} [{effect.low:+.3f}, {effect.high:+.3f}], {verdict}. It averages over the "
+            f"settings tried (ratios {ratio_label(tried[0])} to {ratio_label(tried[1])}); method: docs/answer.md.")
+
+
+def conditional_headline(effect: Any, others: Sequence[str]) -> str:
+    """:func:`conditional_sentence` in a heading's few words."""
+    held = " and ".join(others)
+    if effect is None:
+        return f"the ratio's effect cannot be separated from {held}; no best ratio is named"
+    within = "beyond noise" if effect.beyond_noise else "not beyond noise"
+    return (f"with {held} held fixed, ratio 1 minus ratio 0 is {effect.estimate:+.3f} "
+            f"[{effect.low:+.3f}, {effect.high:+.3f}] ({within}); no best ratio is named")
+
+
+def answer_headline(best: Optional[dict]) -> str:
+    """The answer in one short line, for a heading (the MLflow experiment page shows it first, on
+    one line of a laptop screen): the best ratio with its interval, and the ratios within noise of it."""
+    if best is None:
+        return "no answer (no completed trial with per-query results)"
+    others = [ratio_label(r) for r in best["plausible"] if r != best["ratio"]]
+    tied = f"{', '.join(others)} within noise of it" if others else "beyond noise of every other ratio tried"
+    seeds = f"{best['n_seeds']} seed{'s' if best['n_seeds'] != 1 else ''}"
+    return (f"best ratio {ratio_label(best['ratio'])} (mAP@100 {best['mean']:.3f} "
+            f"[{best['ci_low']:.3f}, {best['ci_high']:.3f}], {seeds}); {tied}")
+
+
+def answer_overview(rows: Sequence[dict], best: Sequence[dict], sentence: str) -> str:
+    """The answer in brief, for the MLflow experiment page (which cannot scroll a long description):
+    the verdict on the ends, what the ratio means, and the best ratio per family for multilingual
+    retrieval (the objective's setting) and the language bias, with intervals, as a fixed-width table."""
+    by_cell = {(r["setting"], r["family"], _ratio_key(r["ratio"])): r for r in rows}
+    table = []
+    for b in best:
+        if b["setting"] not in ("multilingual", "bias"):
+            continue
+        row = by_cell.get((b["setting"], b["family"], _ratio_key(b["best_ratio"])))
+        ci = f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if row else f"{b['best_mean']:.3f}"
+        name = {"all": "all (caption->caption)", "i2t+t2t": "objective (i2t+t2t)"}.get(b["family"], b["family"])
+        name = "bias (lower is better)" if b["setting"] == "bias" else name
+        table.append([name, ratio_label(b["best_ratio"]), f"{ratio_label(b['set_low'])} – {ratio_label(b['set_high'])}", ci])
+    headers = ["multilingual mAP@100", "best ratio", "within noise", "mean at best (95% CI)"]
+    return "\n".join([f"**Verdict.** {sentence}", "", RATIO_MEANING, "", "```", format_table(headers, table), "```", ""])
 
 
 def answer_markdown(rows: Sequence[dict], best: Sequence[dict], sentence: str, notes: Sequence[str] = (),

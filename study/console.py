@@ -9,6 +9,7 @@ writes them).
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import shlex
 import sys
@@ -17,9 +18,16 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from study import outputs
-from study.answer_text import best_ratio_sentence, format_table
+from study.answer_conditional import conditional_ratio_effect
+from study.answer_text import (
+    answer_headline,
+    best_ratio_sentence,
+    conditional_headline,
+    conditional_sentence,
+    format_table,
+)
 from study.answer import AnswerInput, left_out_line
-from study.results import BIAS_METRIC, FAILED, TARGET_METRIC, TrialRecord, best_record, pareto_front, table
+from study.results import BIAS_METRIC, COMPLETED, FAILED, TARGET_METRIC, TrialRecord, best_record, pareto_front, table
 from study.spaces import SearchSpace
 from study.state import StudyState
 from trainables.metric_names import SEARCHED_PARAMS
@@ -101,6 +109,8 @@ class Summary:
     front: list = field(default_factory=list)
     files: list = field(default_factory=list)
     markdown: str = ""  # the answer's markdown summary (empty without per-query arrays)
+    overview: str = ""  # the answer in brief, for the MLflow experiment page (empty without per-query arrays)
+    headline: str = ""  # the answer in one line (the experiment description's heading)
     best_ratio: Optional[dict] = None  # the answer's best ratio (outputs.Answer.best_ratio): the study's "best"
     answer_rows: list = field(default_factory=list)  # the answer per (setting, family, ratio): answer_stats.answer_rows
 
@@ -129,9 +139,11 @@ def summarize(
     answer = outputs.study_answer(queries, target=target_halfwidth) if queries else None
     varying = [k for k in extra_params if len({repr(r.params.get(k)) for r in records}) > 1]
     confounded = confounded_line(varying) if answer is not None else ""
-    if confounded:
-        parts.append(confounded)
-    if answer is not None:  # the answer first: what the study found, then what it is made of
+    conditional, headline = conditional_answer(records, varying, metric) if confounded else ("", "")
+    if confounded:  # the ratio's effect with the others held fixed; no per-ratio grouping, no best ratio
+        answer.confounded_by = tuple(p for p in varying if p not in ("ratio", "seed"))
+        parts.append(f"{confounded}\n{conditional}\n{NO_GROUPING}")
+    elif answer is not None:  # the answer first: what the study found, then what it is made of
         parts.append(_answer_text(answer, queries))
         if answer.best_ratio is not None:
             parts.append(best_ratio_sentence(answer.best_ratio))
@@ -147,12 +159,16 @@ def summarize(
     failed = [r for r in records if r.status == FAILED]
     if failed:
         parts.append("Failed trials:\n" + "\n".join(f"  {r.trial_id}: {r.reason or 'unknown reason'}" for r in failed))
-    files = outputs.write_outputs(records, objectives, best, front, output_dir, title, answer)
+    if confounded:
+        markdown = overview = "\n\n".join(part for part in (f"**{confounded}**", conditional, NO_GROUPING, left_out) if part)
+    else:
+        markdown = "\n\n".join(part for part in (answer.markdown if answer else "", left_out) if part)
+        overview = "\n\n".join(part for part in (answer.overview if answer else "", left_out) if part)
+    files = outputs.write_outputs(records, objectives, best, front, output_dir, title, answer, markdown)
     parts.append("Saved to " + str(output_dir) + ":\n" + "\n".join(f"  {p.name}" for p in files))
-    markdown = "\n\n".join(part for part in (f"**{confounded}**" if confounded else "",
-                                               answer.markdown if answer else "", left_out) if part)
-    return Summary("\n\n".join(parts), best, front, files, markdown, answer.best_ratio if answer else None,
-                   answer.rows if answer else [])
+    headline = headline or answer_headline(answer.best_ratio if answer else None)
+    return Summary("\n\n".join(parts), best, front, files, markdown, overview, headline,
+                   answer.best_ratio if answer else None, answer.rows if answer and not confounded else [])
 
 
 def confounded_line(searched: Sequence[str]) -> str:
@@ -162,8 +178,27 @@ def confounded_line(searched: Sequence[str]) -> str:
     if not others:
         return ""
     return (f"Confounded: this study searched {' and '.join(others)} together with the ratio, so its trials differ "
-            "in more than the ratio and the per-ratio answer below mixes their effects; read the parameter "
-            "importance, or study the ratio with these fixed (a space that searches the ratio only).")
+            "in more than the ratio, and grouping them by ratio would mix their effects. The next line holds them "
+            "fixed in a model; to measure the ratio directly, study it with these fixed (a space that searches "
+            "the ratio only, with seeds).")
+
+
+NO_GROUPING = ("No ratio is named best and no per-ratio table is shown (the per-ratio rows, which mix those effects, "
+               "are in answer.csv for reference only).")
+
+
+def conditional_answer(records: Sequence[TrialRecord], varying: Sequence[str], metric: str) -> tuple[str, str]:
+    """The ratio's effect on ``metric`` with the other ``varying`` searched parameters held fixed, over
+    the completed trials (:func:`study.answer_conditional.conditional_ratio_effect`), in a sentence
+    and in a heading's few words."""
+    others = [p for p in varying if p not in ("ratio", "seed")]
+    done = [r for r in records if r.status == COMPLETED and isinstance(r.params.get("ratio"), (int, float))
+            and all(isinstance(r.params.get(p), (int, float)) for p in others) and math.isfinite(r.value(metric))]
+    ratios = [float(r.params["ratio"]) for r in done]
+    effect = conditional_ratio_effect(ratios, {p: [float(r.params[p]) for r in done] for p in others},
+                                      [r.value(metric) for r in done])
+    tried = (min(ratios), max(ratios)) if ratios else (0.0, 0.0)
+    return conditional_sentence(effect, others, metric, len(done), tried), conditional_headline(effect, others)
 
 
 def importance_text(importance: Mapping[str, Mapping[str, float]]) -> str:

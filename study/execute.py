@@ -41,6 +41,7 @@ from study.tuning import (
 )
 from study.parent_run import (
     close_parent_run,
+    describe_experiment,
     ensure_experiment,
     failure_reasons,
     log_answer_by_ratio,
@@ -231,6 +232,7 @@ def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, sec
         console.say("\n" + console.importance_text(importance))
     log_summary(client, state.parent_run_id, summary.best, state.metric, summary.files, summary.markdown,
                 summary.best_ratio)
+    describe_experiment(client, state.experiment_id, state.name, summary.headline, summary.overview)
     log_answer_by_ratio(client, state.parent_run_id, summary.answer_rows)
     log_importance(client, state.parent_run_id, importance)
     close_parent_run(client, state.parent_run_id, "KILLED" if interrupted else "FINISHED")

@@ -26,7 +26,7 @@ from trainables.mlflow_layout import (
     TAG_TRIAL_ID,
     UNFINISHED,
 )
-from trainables.trial_run import last_logged_step
+from trainables.trial_run import last_logged_epoch
 
 def child_runs_of(client, experiment_id: str, parent_run_id: str) -> list:
     """Every child run of ``parent_run_id`` (the one search for a study's trials)."""
@@ -60,7 +60,7 @@ class TrialRunRecord:
 def read_trial_run(client, run) -> TrialRunRecord:
     """The :class:`TrialRunRecord` of child run ``run``."""
     tags, data = run.data.tags, run.data
-    epochs_done = max(last_logged_step(client, run), 0)
+    epochs_done = max(last_logged_epoch(client, run), 0)
     params = {k: parse_param(v) for k, v in data.params.items()}
     metrics = {k: v for k, v in names.to_source_names(data.metrics).items() if k not in names.SEARCHED_PARAMS}
     return TrialRunRecord(tags.get(TAG_TRIAL_ID, run.info.run_id), run.info.run_id,

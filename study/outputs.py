@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 from study.answer import TrialQueries
 from study.answer_metrics import COLUMNS, OBJECTIVE
 from study.answer_stats import _analyse, _best, _ratio_key, _rows
-from study.answer_text import _ends, _hypotheses, _resolution, answer_markdown, plot_answer
+from study.answer_text import _ends, _hypotheses, _resolution, answer_markdown, answer_overview, plot_answer
 from study.results import TrialRecord, plot_families, plot_pareto, write_csv
 from trainables import mlflow_layout as layout
 
@@ -32,6 +32,10 @@ class Answer:
     resolution: list
     hypotheses: list
 
+    # the other searched parameters the trials differ in: then no ratio is named best (each ratio's
+    # trials differ in those too; the answer's conditional line holds them fixed instead)
+    confounded_by: tuple = ()
+
     @property
     def notes(self) -> list:
         """The lines under the sentence: the resolution, then the hypotheses."""
@@ -41,13 +45,21 @@ class Answer:
     def best_ratio(self) -> Optional[dict]:
         """The study's one "best": the ratio with the best mean over seeds on the objective
         (:data:`~study.answer_metrics.OBJECTIVE`), ``{ratio, mean, ci_low, ci_high, n_seeds, plausible}``
-        (``plausible``: the tried ratios not distinguishable from it); None without that cell."""
+        (``plausible``: the tried ratios not distinguishable from it); None without that cell, or when
+        the study is confounded (:attr:`confounded_by`)."""
+        if self.confounded_by:
+            return None
         cell = next((b for b in self.best if (b["setting"], b["family"]) == OBJECTIVE), None)
         if cell is None:
             return None
         row = next(r for r in self.rows if (r["setting"], r["family"]) == OBJECTIVE and r["ratio"] == cell["best_ratio"])
         return {"ratio": cell["best_ratio"], "mean": row["mean"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
                 "n_seeds": row["n_seeds"], "plausible": list(cell["plausible"])}
+
+    @property
+    def overview(self) -> str:
+        """The answer in brief (the MLflow experiment page): :func:`answer_overview`."""
+        return answer_overview(self.rows, self.best, self.sentence)
 
     @property
     def markdown(self) -> str:
@@ -93,16 +105,18 @@ def best_ratio_config(answer: Optional[Answer], records: Sequence[TrialRecord]) 
 
 def write_outputs(records: Sequence[TrialRecord], objectives: Sequence[dict], best: Optional[TrialRecord],
                   front: Sequence[TrialRecord], output_dir: Path, title: str,
-                  answer: Optional[Answer] = None) -> list[Path]:
+                  answer: Optional[Answer] = None, markdown: str = "") -> list[Path]:
     """Write the study's files to ``output_dir`` and return their paths: ``trials.csv``; with an
-    ``answer``, ``answer.csv``, ``answer.md`` and its figure (else the figure of the trials' own
-    metrics); the Pareto figure with several objectives; ``best_config.json`` with a ``best``."""
+    ``answer``, ``answer.csv``, ``answer.md`` (``markdown``, else the answer's own) and its figure
+    (for a confounded answer, or none, the figure of the trials' own metrics); the Pareto figure
+    with several objectives; ``best_config.json`` with a ``best``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     files = [write_csv(records, output_dir / layout.CSV_NAME)]
     if answer is not None:
         files.append(write_answer_csv(answer.rows, output_dir / layout.ANSWER_CSV))
-        (output_dir / layout.ANSWER_MD).write_text(answer.markdown, encoding="utf-8")
+        (output_dir / layout.ANSWER_MD).write_text(markdown or answer.markdown, encoding="utf-8")
         files.append(output_dir / layout.ANSWER_MD)
+    if answer is not None and not answer.confounded_by:
         figure = plot_answer(answer.rows, output_dir / layout.FIGURE_NAME, title)
     else:
         figure = plot_families(records, output_dir / layout.FIGURE_NAME, title)

@@ -68,6 +68,18 @@ def ensure_experiment(client, name: str) -> str:
     return experiment_id
 
 
+def describe_experiment(client, experiment_id: str, study: str, headline: str, overview: str) -> None:
+    """The experiment's description, which its page shows above the runs (one line folded, the rest
+    on a click): a heading with the study's answer in one line (``headline``:
+    :func:`study.answer_text.answer_headline`), the answer in brief (``overview``:
+    :attr:`study.console.Summary.overview`), where the full answer is, then how to read the runs."""
+    parts = [f"## Study {study}: {headline}", overview,
+             f"The full answer (every setting, the resolution of each comparison, the seed paper's hypotheses) is "
+             f"the description of the parent run `{parent_run_name(study)}` and its `summary/answer.md`.",
+             names.definitions_markdown()]
+    client.set_experiment_tag(experiment_id, TAG_DESCRIPTION, "\n\n".join(p.strip() for p in parts if p.strip()))
+
+
 def start_parent_run(client, experiment_id: str, study: str, space: str, params: Mapping[str, Any],
                      files: Mapping[str, Any]) -> str:
     """Create the parent run of study ``study`` (searching space ``space``): ``params`` as params,
@@ -240,6 +252,7 @@ def finish_if_running(client, run_id: str) -> None:
 
 __all__ = [
     "ensure_experiment",
+    "describe_experiment",
     "start_parent_run",
     "objectives_param",
     "objectives_from_param",

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, help="worker-group restarts per trial after a worker dies (default 1)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="attach to a running Ray cluster (auto, or ray://HOST:PORT; default $RAY_ADDRESS, else a local cluster)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="Tune output: 0 quiet, 1 progress table and trial results (default), 2 every result")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="progress lines: 0 none, 1 each trial's start, evaluations and end (default), 2 also mAP@100 per family")
     p.add_argument("--dry-run", action="store_true", help="check everything, print the plan, start nothing")
     return p
 

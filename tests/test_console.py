@@ -51,3 +51,32 @@ def test_a_quiet_exit_runs_the_exit_handlers_flushes_and_keeps_the_code(tmp_path
     assert done.returncode == 3
     assert done.stdout == "last words" and done.stderr == "warning kept"
     assert marker.read_text() == "ran"
+
+
+def test_progress_lines_name_trials_as_their_runs_and_count_states(capsys):
+    from types import SimpleNamespace
+
+    from study.progress import StudyProgress
+
+    def trial(tid, status, **config):
+        return SimpleNamespace(trial_id=tid, status=status, config={"seed": 1, **config}, last_result={})
+
+    a, b = trial("aaaa0001", "PENDING", ratio=0.5488135), trial("bbbb0002", "RUNNING", ratio=1.0)
+    b.last_result = {"map100/multilingual": 0.1234, "multi": 0.1234, "bias/multilingual": 40.25,
+                     "map100/multilingual/family/germanic": 0.2}
+    progress = StudyProgress("map100/multilingual", planned=12, verbose=1)
+    progress.on_trial_start(0, [a, b], a)  # Tune calls before it marks the trial RUNNING
+    a.status = "RUNNING"
+    progress.on_trial_result(0, [a, b], a, {"epoch": 1.0, "train/loss": 3.0})  # no evaluation: no line
+    progress.on_trial_result(0, [a, b], a, {"epoch": 2.0, "map100/multilingual": 0.05})
+    progress.on_trial_complete(0, [a, b], b)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert "started" in lines[0] and "r=0.549 s=1 · aaaa0001" in lines[0] and "(2 running of 12)" in lines[0]
+    assert "epoch 2" in lines[1] and "multi 0.050" in lines[1]
+    assert "done" in lines[2] and "r=1 s=1 · bbbb0002" in lines[2] and "multi 0.123  bias 40.2" in lines[2]
+    assert "(1 running, 1 done of 12)" in lines[2]
+    assert "germanic" not in lines[2]
+    assert "germanic 0.200" in StudyProgress("multi", verbose=2).values_text(b.last_result)
+    StudyProgress("multi", verbose=0).on_trial_complete(0, [b], b)
+    assert capsys.readouterr().out == ""

@@ -193,9 +193,19 @@ def test_the_parent_run_names_one_best_and_charts_the_answer_against_the_ratio(s
     assert tags["mlflow.note.content"].startswith("## Answer\n\n**Verdict.** ")
 
 
-def test_the_experiment_description_defines_the_metrics(study):
-    experiment, _, _ = study
+def test_the_experiment_description_opens_with_the_answer_and_defines_the_metrics(study):
+    """The experiment page shows its description above the runs, folded to its first line: the answer
+    (the best ratio the parent run names), then the verdict and the best ratio per family, where the
+    full answer is, and the metric definitions."""
+    experiment, parent, _ = study
     tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
     text = tags["mlflow.note.content"]
+    first = text.splitlines()[0]
+    assert first.startswith(f"## Study {experiment['name']}: best ratio {_tags(parent)['best.ratio']} (mAP@100 0."), first
+    verdict = text.index("**Verdict.** ")
+    header = next(line for line in text.splitlines() if line.startswith("multilingual mAP@100 ") and "best ratio" in line)
+    assert verdict < text.index(header) < text.index("objective (i2t+t2t)")
+    assert f"parent run `study-{experiment['name']}`" in text
+    assert text.index("objective (i2t+t2t)") < text.index("How to read this study")
     assert "`multi/sinitic`" in text and "not the mean of the families" in text
     assert tags["mlflow.experimentKind"] == "custom_model_development"  # model training, not GenAI

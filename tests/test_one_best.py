@@ -111,3 +111,11 @@ def test_a_ratio_answer_over_other_searched_parameters_says_it_is_confounded(tmp
     mixed = summarize(records, OBJECTIVES, tmp_path / "b", "t", ["ratio", "temperature", "batch_size"], AnswerInput(trials))
     assert mixed.text.startswith("Confounded: this study searched temperature and batch_size together with the ratio")
     assert mixed.markdown.startswith("**Confounded: this study searched temperature and batch_size")
+    # no grouping of confounded trials anywhere: the ratio's effect with the others held fixed instead
+    second = mixed.text.splitlines()[1]
+    assert second.startswith(("Ratio effect with temperature and batch_size held fixed (additive model over",
+                              "The ratio's effect cannot be separated from temperature and batch_size")), second
+    assert "Best ratio" not in mixed.text and "Answer (" not in mixed.text and "Best ratio" not in mixed.markdown
+    assert mixed.best_ratio is None and mixed.answer_rows == [] and "no best ratio is named" in mixed.headline
+    assert json.loads((tmp_path / "b" / "best_config.json").read_text())["best"] is None
+    assert (tmp_path / "b" / "answer.md").read_text() == mixed.markdown

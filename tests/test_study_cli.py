@@ -354,6 +354,9 @@ def test_asha_runs_to_the_most_epochs_a_searched_epochs_allows(here):
                          "params": {"ratio": {"type": "uniform", "low": 0.0, "high": 1.0}}}, name="f", source="f.yaml")
     state.base_config = prepare.base_config(fixed, args)
     assert build_scheduler(state, fixed)._max_t == 4
+    # the first rung at 40% of the epochs, where the default recipe's ranks hold (5 epochs: after epoch 2)
+    state.base_config = {**state.base_config, "epochs": 5}
+    assert sorted(m for m, _ in build_scheduler(state, fixed)._brackets[0]._rungs) == [2, 4]
 
 
 def test_a_resumed_space_resolves_its_paths_beside_its_file_again(here):

@@ -107,6 +107,20 @@ def test_smoke_study_on_the_real_trial(smoke_study):
     assert "mutex.cc" not in done.stderr and "RAW:" not in done.stderr  # no native debug lines at exit
     assert "Downloading artifacts" not in done.stderr
 
+    # what a person sees: the plan, the study's progress lines (not Tune's boxes), then the answer
+    # first and the trials after it
+    out_text = done.stdout + done.stderr
+    for tune_own in ("Configuration for experiment", "Search algorithm", "TensorBoard", "Trial status:"):
+        assert tune_own not in out_text, tune_own
+    lines = done.stdout.splitlines()
+    progress = [i for i, line in enumerate(lines) if line.startswith("[") and " r=" in line and " · " in line]
+    done_lines = [lines[i] for i in progress if "] done " in lines[i]]
+    assert len(done_lines) == 2 and all("multi 0." in line for line in done_lines), lines
+    plan = next(i for i, line in enumerate(lines) if line.lstrip().startswith("parent:"))
+    answer = next(i for i, line in enumerate(lines) if line.startswith("Answer ("))
+    table = next(i for i, line in enumerate(lines) if line.startswith("Trials:"))
+    assert plan < progress[0] and progress[-1] < answer < table
+
     # the artifacts exist, in the output folder and on the parent run
     out = tmp_path / "study_results" / "e2e"
     for name in ("trials.csv", "map100_by_family_vs_ratio.png", "best_config.json"):

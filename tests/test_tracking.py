@@ -21,7 +21,7 @@ from trainables.trial_run import (
     clean_metrics,
     config_params,
     find_trial_run,
-    last_logged_step,
+    last_logged_epoch,
     read_full_metrics,
 )
 
@@ -218,11 +218,11 @@ def test_run_names_carry_the_searched_values():
 
 def test_a_restarted_trial_reattaches_instead_of_duplicating(store, tmp_path):
     config = TrialConfig(ratio=0.75)
-    first = TrialRun(_info(store, "t2"), config)
+    first = TrialRun(_info(store, "t2"), config, steps_per_epoch=100)
     first.log_epoch({"train/loss": 1.0}, epoch=1)
     first.log_epoch({"train/loss": 2.0}, epoch=2)
     # the worker group dies; a restarted one resumes from the epoch-1 checkpoint
-    second = TrialRun(_info(store, "t2"), config)
+    second = TrialRun(_info(store, "t2"), config, steps_per_epoch=100)
     assert second.run_id == first.run_id
     second.log_epoch({"train/loss": 2.5}, epoch=2)  # already logged: skipped
     second.log_epoch({"train/loss": 3.0}, epoch=3)
@@ -231,8 +231,10 @@ def test_a_restarted_trial_reattaches_instead_of_duplicating(store, tmp_path):
     runs = client.search_runs([store[1]], filter_string=f"tags.`{TAG_TRIAL_ID}` = 't2'")
     assert len(runs) == 1
     history = client.get_metric_history(first.run_id, "train/loss")
-    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 2.0), (3, 3.0)]
-    assert [row[0] for row in _full_rows(store, first.run_id, tmp_path)] == [1, 2, 3]  # the file continued, once each
+    # the step is the training step (epoch x steps per epoch): learning curves over steps
+    assert [(m.step, m.value) for m in history] == [(100, 1.0), (200, 2.0), (300, 3.0)]
+    assert [row[0] for row in _full_rows(store, first.run_id, tmp_path)] == [100, 200, 300]  # continued, once each
+    assert last_logged_epoch(client, client.get_run(first.run_id)) == 3
     assert find_trial_run(client, _info(store, "t2")).info.run_id == first.run_id
 
 
@@ -243,7 +245,7 @@ def test_the_last_logged_epoch_counts_epochs_without_evaluation(store):
     run.log_epoch({"train/loss": 2.0, "bias/multilingual": 9.0}, epoch=2)
     run.log_epoch({"train/loss": 1.0}, epoch=3)
     client = client_for(store[0])
-    assert last_logged_step(client, client.get_run(run.run_id)) == 3
+    assert last_logged_epoch(client, client.get_run(run.run_id)) == 3
     again = TrialRun(_info(store, "t4"), TrialConfig(ratio=0.5, eval_every=2))
     again.log_epoch({"train/loss": 1.5}, epoch=3)  # a restart re-running epoch 3: not logged twice
     assert [m.step for m in client.get_metric_history(run.run_id, "train/loss")] == [1, 2, 3]

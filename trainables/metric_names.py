@@ -167,8 +167,8 @@ def definitions_markdown() -> str:
         "Searched parameters are metrics too, so they sort and filter as numbers: "
         + ", ".join(f"`{p}`" for p in SEARCHED_PARAMS)
         + " (e.g. the filter `metrics.ratio < 0.1`; `metrics.ratio >= 0` shows the trials without the parent, and "
-        "sorting by `ratio` lists them flat). Metrics are logged after every evaluated epoch (step = epoch), so "
-        "the charts are learning curves.",
+        "sorting by `ratio` lists them flat). Metrics are logged after every epoch at its training step, so "
+        "the charts are learning curves over training steps.",
         "",
         "All retrieval values are mAP@100 (trec_eval `map_cut_100`) unless named `r10` (Recall@10). "
         "Families: " + ", ".join(FAMILIES) + ". Every other metric (110 language pairs, per-language values, "

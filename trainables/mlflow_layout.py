@@ -18,10 +18,11 @@ Layout of a child run (metric names: :mod:`trainables.metric_names`):
   trial id), tags ``mlflow.parentRunId`` and ``mlclip.trial_id`` (restarts find the run by the
   tag, never the name);
 * params: every set trial-config field (unset ones are left out, never ``"None"``);
-* metrics: the ~45 headlines under short names (:func:`mlflow_metric_key`), step = epoch, and the
+* metrics: the ~45 headlines under short names (:func:`mlflow_metric_key`) after every epoch,
+  step = the training step reached (epoch x steps per epoch; tag ``mlclip.epochs_done``), and the
   searched parameters (``ratio``, ``temperature``, ``batch_size``, ``seed``) as numbers at step 0,
   so the UI can sort, filter (``metrics.ratio < 0.1``) and plot them;
-* artifacts: :data:`FULL_METRICS_FILE` (every metric of every epoch, long format: step, name,
+* artifacts: :data:`FULL_METRICS_FILE` (every metric of every epoch, long format: step (as above), name,
   value, under the source names of :mod:`trainables.evaluate`) and :data:`PER_QUERY_FILE`
   (written and read by :mod:`trainables.per_query` only).
 
@@ -47,6 +48,7 @@ TAG_REASON = "mlclip.failure_reason"
 TAG_RESTARTED_AFTER = "mlclip.restarted_after"  # the failure an attempt of this trial restarted from
 TAG_COMPLETED = "mlclip.completed"  # "true" once the trial's fit returned successfully
 TAG_EARLY_STOPPED = "mlclip.early_stopped"
+TAG_EPOCHS_DONE = "mlclip.epochs_done"  # the epochs a trial's run has logged (its metrics' step is the training step)
 TAG_INCOMPLETE = "mlclip.incomplete"  # why some of a trial's metrics or artifacts are missing from its run
 TAG_SPACE = "mlclip.space"
 # The experiment is model training, not GenAI: read by MLflow releases after 3.17 (3.17's UI takes the

@@ -325,7 +325,7 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
     # --- resume: a restarted worker group continues after the last finished epoch
     if saved is not None:
         restore(state, saved)
-    run = TrialRun(tracking if session.rank == 0 else None, config)
+    run = TrialRun(tracking if session.rank == 0 else None, config, steps_per_epoch)
     reports: list[dict[str, float]] = []
     try:
         if saved is not None and state.epoch >= config.epochs:

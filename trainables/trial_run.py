@@ -38,6 +38,7 @@ from trainables.mlflow_layout import (
     TAG_RESTARTED_AFTER,
     TAG_ROLE,
     TAG_INCOMPLETE,
+    TAG_EPOCHS_DONE,
     TAG_TRIAL_ID,
     mlflow_metric_key,
 )
@@ -171,13 +172,18 @@ def _log_missing_params(client, run, config: Any) -> None:
         client.log_batch(run.info.run_id, params=missing[start : start + 100])
 
 
-def last_logged_step(client, run) -> int:
+def last_logged_epoch(client, run) -> int:
     """Highest epoch logged in ``run`` (-1 when none): a restarted trial does not log it again.
 
-    Read from the loss, which every epoch logs (evaluation metrics exist only on evaluated epochs,
-    and the numeric searched parameters sit at step 0); a run without it falls back to the
+    Read from the tag :data:`~trainables.mlflow_layout.TAG_EPOCHS_DONE`, written with every
+    epoch's metrics. A run without it (written before the tag existed, when the step was the
+    epoch) falls back to the highest step of the loss, which every epoch logs (evaluation metrics
+    exist only on evaluated epochs, and the numeric searched parameters sit at step 0), or of the
     alphabetically first of its other metrics.
     """
+    tag = run.data.tags.get(TAG_EPOCHS_DONE)
+    if tag is not None and tag.isdigit():
+        return int(tag)
     loss = names.logged_name(names.LOSS_METRIC)
     keys = [loss] if loss in run.data.metrics else sorted(k for k in run.data.metrics if k not in names.SEARCHED_PARAMS)
     if not keys:
@@ -197,16 +203,19 @@ class TrialRun:
 
     Starts the trial's run, or re-attaches to it when the trial restarts, so a trial never
     has two runs. Logs every set config field as a param once, tags ``mlflow.parentRunId``,
-    and logs per-epoch metrics with the epoch as step: the headlines as MLflow metrics, every
-    metric into :data:`FULL_METRICS_FILE` (an epoch already logged by an earlier attempt is not
-    logged twice).
+    and logs per-epoch metrics: the headlines as MLflow metrics, every metric into
+    :data:`FULL_METRICS_FILE` (an epoch already logged by an earlier attempt is not logged
+    twice). Their step is the training step reached at the end of the epoch (epoch x
+    ``steps_per_epoch``, the global optimiser steps of an epoch), so MLflow's charts are learning
+    curves over training steps; the epochs done are the tag :data:`TAG_EPOCHS_DONE`.
     """
 
-    def __init__(self, info: Optional[TrackingInfo], config: Any):
+    def __init__(self, info: Optional[TrackingInfo], config: Any, steps_per_epoch: int = 1):
         self.info = info
         self.run_id: Optional[str] = None
         self._client = None
-        self._last_step = -1
+        self._last_epoch = -1
+        self.steps_per_epoch = max(1, int(steps_per_epoch))
         if info is None:
             return
         try:
@@ -215,8 +224,8 @@ class TrialRun:
         except Exception as err:  # noqa: BLE001 - any store failure fails the trial with this one line as its reason
             raise TrackingError(f"cannot open the MLflow run of trial {info.trial_id}: {one_line(err)}") from err
         self.run_id = run.info.run_id
-        self._last_step = last_logged_step(self._client, run)
-        self._full_rows = self._logged_rows() if self._last_step >= 0 else []
+        self._last_epoch = last_logged_epoch(self._client, run)
+        self._full_rows = self._logged_rows() if self._last_epoch >= 0 else []
 
     @property
     def active(self) -> bool:
@@ -224,24 +233,25 @@ class TrialRun:
         return self._client is not None and self.run_id is not None
 
     def log_epoch(self, metrics: Mapping[str, Any], epoch: int) -> None:
-        """Log the finite float metrics of ``epoch`` (the step); junk and non-finite values are dropped.
+        """Log the finite float metrics of ``epoch`` (1-based) at step epoch x ``steps_per_epoch``;
+        junk and non-finite values are dropped.
 
         The headlines (and the objectives, :attr:`TrackingInfo.keep_metrics`) become MLflow metrics
         under their short names; all of them go into :data:`FULL_METRICS_FILE` under their source names.
         """
-        if not self.active or epoch <= self._last_step:
+        if not self.active or epoch <= self._last_epoch:
             return
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         values = clean_metrics(metrics)
-        now = int(time.time() * 1000)
+        now, step = int(time.time() * 1000), int(epoch) * self.steps_per_epoch
         shown = clean_metrics(names.headline_metrics(values, keep=self.info.keep_metrics))
-        batch = [Metric(k, v, now, int(epoch)) for k, v in shown.items()]
-        if batch:
-            self._client.log_batch(self.run_id, metrics=batch)  # ~50: one batch (MLflow takes up to 1000)
-        self._full_rows += [(int(epoch), k, v) for k, v in sorted(values.items())]
+        batch = [Metric(k, v, now, step) for k, v in shown.items()]
+        # ~50 metrics and the epochs-done tag: one batch (MLflow takes up to 1000)
+        self._client.log_batch(self.run_id, metrics=batch, tags=[RunTag(TAG_EPOCHS_DONE, str(int(epoch)))])
+        self._full_rows += [(step, k, v) for k, v in sorted(values.items())]
         self._log_full_metrics()
-        self._last_step = int(epoch)
+        self._last_epoch = int(epoch)
 
     def _log_full_metrics(self) -> None:
         """(Re)write :data:`FULL_METRICS_FILE` with every row so far: one small file, readable with pandas."""
@@ -268,7 +278,8 @@ class TrialRun:
                 log.warning("trial %s: %s", self.info.trial_id, reason)
                 self._client.set_tag(self.run_id, TAG_INCOMPLETE, reason)
                 return []
-            return [(step, name, value) for step, name, value in rows if step <= self._last_step]
+            last_step = self._last_epoch * self.steps_per_epoch
+            return [(step, name, value) for step, name, value in rows if step <= last_step]
 
     def log_per_query(self, arrays: Mapping[str, Any]) -> None:
         """Save the final evaluation's per-query AP arrays as the run's artifact :data:`PER_QUERY_FILE`
@@ -302,7 +313,7 @@ __all__ = [
     "param_metrics",
     "find_trial_run",
     "open_trial_run",
-    "last_logged_step",
+    "last_logged_epoch",
     "end_trial_run",
     "read_full_metrics",
 ]
