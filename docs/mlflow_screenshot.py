@@ -28,6 +28,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from study.console import mlflow_ui_url
 from trainables.languages import FAMILIES
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -56,10 +57,8 @@ def wait_for(url: str, timeout_s: float = 90.0) -> None:
 
 
 def runs_url(base: str, experiment_id: str) -> str:
-    """The runs table, machine-learning view, children only (the parent has no ratio), sorted by ratio."""
-    query = {"workflowType": "machine_learning", "orderByKey": "metrics.`ratio`", "orderByAsc": "true",
-             "searchFilter": "metrics.ratio >= 0"}
-    return f"{base}/#/experiments/{experiment_id}/runs?{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
+    """The runs table the study prints: machine-learning view, children only, sorted by ratio."""
+    return mlflow_ui_url(experiment_id, base)
 
 
 class Page:

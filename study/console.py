@@ -13,6 +13,7 @@ import math
 import os
 import shlex
 import sys
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -77,9 +78,14 @@ def mlflow_ui_url(experiment_id: str, base: str = f"http://127.0.0.1:{UI_PORT}")
     MLflow 3.17's UI picks an experiment's landing page from the browser's workflow type
     (GenAI or machine learning: the sidebar switch, kept in the browser's local storage, GenAI by
     default), not from the experiment (its ``mlflow.experimentKind`` tag is not consulted);
-    ``workflowType=machine_learning`` in the URL selects the runs view for this page.
+    ``workflowType=machine_learning`` in the URL selects the runs view for this page. The page lists
+    the trials flat, sorted by ratio (``metrics.ratio >= 0`` leaves out the parent run, whose answer
+    the experiment's description above the table shows), where MLflow would fold them under it.
     """
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    query = urllib.parse.urlencode({"workflowType": "machine_learning", "searchFilter": "metrics.ratio >= 0",
+                                    "orderByKey": "metrics.`ratio`", "orderByAsc": "true"},
+                                   quote_via=urllib.parse.quote)
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def exit_quietly(code: int) -> None:

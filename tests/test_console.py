@@ -16,7 +16,8 @@ def test_the_ui_command_holds_on_two_cores_and_names_the_runs_page():
     assert "--workers 1" in command and "--host 127.0.0.1" in command and "\n" not in command
     with_page = mlflow_ui_command("sqlite:////x/mlflow.db", "7")
     assert with_page.startswith(command) and mlflow_ui_url("7") in with_page
-    assert mlflow_ui_url("7") == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    assert mlflow_ui_url("7") == ("http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+                                  "&searchFilter=metrics.ratio%20%3E%3D%200&orderByKey=metrics.%60ratio%60&orderByAsc=true")
 
 
 @pytest.mark.parametrize("uri", ["sqlite:////x/mlflow.db", "file:///x/mlruns"])
@@ -30,7 +31,7 @@ def test_a_tracking_server_gets_its_own_pages_not_a_second_ui(uri):
     base = uri.rstrip("/")
     shown = mlflow_ui_command(uri, "7", "abc")
     assert "mlflow ui" not in shown and "127.0.0.1:5000" not in shown
-    assert shown.splitlines() == [f"{base}/#/experiments/7/runs?workflowType=machine_learning",
+    assert shown.splitlines() == [mlflow_ui_url("7", base),
                                   f"  parent run: {base}/#/experiments/7/runs/abc"]
 
 

@@ -341,8 +341,13 @@ def wait_completed(proc: subprocess.Popen, cwd: Path, log: Path, count: int) -> 
 
 
 def tune_completed(log: Path) -> list[str]:
-    """Trial ids whose completion Tune has processed (its console line), from a study's log."""
-    return re.findall(r"Trial trial_(\w+) completed after", log.read_text(errors="replace"))
+    """Trial ids whose completion Tune has processed (the study's "done" progress line), from a study's log."""
+    return progress_lines(log.read_text(errors="replace"), "done")
+
+
+def progress_lines(output: str, event: str) -> list[str]:
+    """The trial ids of the study's progress lines for ``event`` (study.progress: ``[  3:05] done  r=0.5 · id``)."""
+    return re.findall(rf"^\[[ \d:]+\] {event} .* · (\w+)", output, re.M)
 
 
 def kill_session(proc: subprocess.Popen, grace_s: float = 20.0) -> list[str]:
@@ -519,8 +524,9 @@ def test_finished_trials_are_not_trained_again(scenario):
         # no trainer was built for it again: its Ray Train run folder was last written before the kill
         written = [p.stat().st_mtime for p in (experiment / "train_runs" / f"trial_{trial_id}").rglob("*")]
         assert written and max(written) < killed_at
+    assert progress_lines(scenario.resumed_outputs, "started")  # the resumes' start lines, to look in
     for trial_id in scenario.completed_before_sigterm:  # Tune saved its end on SIGTERM: never started again
-        assert f"Trial trial_{trial_id} started" not in scenario.resumed_outputs
+        assert trial_id not in progress_lines(scenario.resumed_outputs, "started")
 
 
 def test_the_optuna_searcher_keeps_its_history(scenario):
