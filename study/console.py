@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from study import outputs
-from study.answer_conditional import conditional_ratio_effect
+from study.answer_conditional import ConditionalEffect, conditional_ratio_effect
 from study.answer_text import (
     answer_headline,
     best_ratio_sentence,
@@ -117,6 +117,7 @@ class Summary:
     markdown: str = ""  # the answer's markdown summary (empty without per-query arrays)
     overview: str = ""  # the answer in brief, for the MLflow experiment page (empty without per-query arrays)
     headline: str = ""  # the answer in one line (the experiment description's heading)
+    ratio_effect: Optional[ConditionalEffect] = None  # a confounded study's ratio effect with the others held fixed
     best_ratio: Optional[dict] = None  # the answer's best ratio (outputs.Answer.best_ratio): the study's "best"
     answer_rows: list = field(default_factory=list)  # the answer per (setting, family, ratio): answer_stats.answer_rows
 
@@ -145,7 +146,7 @@ def summarize(
     answer = outputs.study_answer(queries, target=target_halfwidth) if queries else None
     varying = [k for k in extra_params if len({repr(r.params.get(k)) for r in records}) > 1]
     confounded = confounded_line(varying) if answer is not None else ""
-    conditional, headline = conditional_answer(records, varying, metric) if confounded else ("", "")
+    conditional, headline, effect = conditional_answer(records, varying, metric) if confounded else ("", "", None)
     if confounded:  # the ratio's effect with the others held fixed; no per-ratio grouping, no best ratio
         answer.confounded_by = tuple(p for p in varying if p not in ("ratio", "seed"))
         parts.append(f"{confounded}\n{conditional}\n{NO_GROUPING}")
@@ -173,7 +174,7 @@ def summarize(
     files = outputs.write_outputs(records, objectives, best, front, output_dir, title, answer, markdown)
     parts.append("Saved to " + str(output_dir) + ":\n" + "\n".join(f"  {p.name}" for p in files))
     headline = headline or answer_headline(answer.best_ratio if answer else None)
-    return Summary("\n\n".join(parts), best, front, files, markdown, overview, headline,
+    return Summary("\n\n".join(parts), best, front, files, markdown, overview, headline, effect,
                    answer.best_ratio if answer else None, answer.rows if answer and not confounded else [])
 
 
@@ -193,10 +194,11 @@ NO_GROUPING = ("No ratio is named best and no per-ratio table is shown (the per-
                "are in answer.csv for reference only).")
 
 
-def conditional_answer(records: Sequence[TrialRecord], varying: Sequence[str], metric: str) -> tuple[str, str]:
+def conditional_answer(records: Sequence[TrialRecord], varying: Sequence[str],
+                       metric: str) -> tuple[str, str, Optional[ConditionalEffect]]:
     """The ratio's effect on ``metric`` with the other ``varying`` searched parameters held fixed, over
-    the completed trials (:func:`study.answer_conditional.conditional_ratio_effect`), in a sentence
-    and in a heading's few words."""
+    the completed trials (:func:`study.answer_conditional.conditional_ratio_effect`): in a sentence,
+    in a heading's few words, and the effect itself (None when it cannot be separated)."""
     others = [p for p in varying if p not in ("ratio", "seed")]
     done = [r for r in records if r.status == COMPLETED and isinstance(r.params.get("ratio"), (int, float))
             and all(isinstance(r.params.get(p), (int, float)) for p in others) and math.isfinite(r.value(metric))]
@@ -204,7 +206,7 @@ def conditional_answer(records: Sequence[TrialRecord], varying: Sequence[str], m
     effect = conditional_ratio_effect(ratios, {p: [float(r.params[p]) for r in done] for p in others},
                                       [r.value(metric) for r in done])
     tried = (min(ratios), max(ratios)) if ratios else (0.0, 0.0)
-    return conditional_sentence(effect, others, metric, len(done), tried), conditional_headline(effect, others)
+    return conditional_sentence(effect, others, metric, len(done), tried), conditional_headline(effect, others), effect
 
 
 def importance_text(importance: Mapping[str, Mapping[str, float]]) -> str:

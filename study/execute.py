@@ -231,7 +231,7 @@ def finish(client: Any, state: StudyState, space: SearchSpace, results: Any, sec
     if importance:
         console.say("\n" + console.importance_text(importance))
     log_summary(client, state.parent_run_id, summary.best, state.metric, summary.files, summary.markdown,
-                summary.best_ratio)
+                summary.best_ratio, summary.ratio_effect)
     describe_experiment(client, state.experiment_id, state.name, summary.headline, summary.overview)
     log_answer_by_ratio(client, state.parent_run_id, summary.answer_rows)
     log_importance(client, state.parent_run_id, importance)

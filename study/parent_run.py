@@ -35,6 +35,7 @@ from trainables.mlflow_layout import (
     TAG_DESCRIPTION,
     TAG_EARLY_STOPPED,
     TAG_EXPERIMENT_KIND,
+    TAG_RATIO_EFFECT_MODEL,
     TAG_REASON,
     TAG_ROLE,
     TAG_SPACE,
@@ -44,6 +45,7 @@ from trainables.mlflow_layout import (
     best_metric,
     best_tag,
     importance_metric,
+    ratio_effect_metric,
     parent_run_name,
     ratio_label,
     single_run_metric,
@@ -205,16 +207,22 @@ def log_importance(client, run_id: str, importance: Mapping[str, Mapping[str, fl
 
 
 def log_summary(client, run_id: str, best: Any, metric: str, files: Iterable[Any], markdown: str = "",
-                best_ratio: Optional[Mapping[str, Any]] = None) -> None:
+                best_ratio: Optional[Mapping[str, Any]] = None, ratio_effect: Any = None) -> None:
     """On the parent run: the study's best, the summary ``files`` as artifacts under ``summary/``, and
     the answer's ``markdown`` as the run's description (MLflow renders it on the run page).
 
     The best is the answer's (``best_ratio``: :attr:`study.outputs.Answer.best_ratio`): tag
     ``best.ratio`` and the metrics ``best/METRIC/mean``, ``/ci_low``, ``/ci_high``. The best single
     run (``best``: ``trial_id``, ``params``, ``value(metric)``; or None) is logged apart, under
-    ``best_single_run.*``: one seed, never called the best."""
+    ``best_single_run.*``: one seed, never called the best. A study that searched more than the ratio
+    names no best; its ``ratio_effect`` (:class:`study.answer_conditional.ConditionalEffect`) is logged
+    as ``ratio_effect/METRIC/{estimate,ci_low,ci_high}`` with its model in a tag."""
     if markdown:
         client.set_tag(run_id, TAG_DESCRIPTION, markdown)
+    if ratio_effect is not None:
+        client.set_tag(run_id, TAG_RATIO_EFFECT_MODEL, "linear in the ratio, " + ", ".join(ratio_effect.terms))
+        for part, value in (("estimate", ratio_effect.estimate), ("ci_low", ratio_effect.low), ("ci_high", ratio_effect.high)):
+            client.log_metric(run_id, ratio_effect_metric(metric, part), float(value))
     if best_ratio is not None:
         client.set_tag(run_id, best_tag("ratio"), ratio_label(best_ratio["ratio"]))
         for part in ("mean", "ci_low", "ci_high"):

@@ -119,3 +119,32 @@ def test_a_ratio_answer_over_other_searched_parameters_says_it_is_confounded(tmp
     assert mixed.best_ratio is None and mixed.answer_rows == [] and "no best ratio is named" in mixed.headline
     assert json.loads((tmp_path / "b" / "best_config.json").read_text())["best"] is None
     assert (tmp_path / "b" / "answer.md").read_text() == mixed.markdown
+
+
+def test_a_confounded_study_logs_the_ratio_effect_held_fixed_and_no_best(tmp_path):
+    """12 trials differing in temperature and batch size (their effect dominates, the ratio's is -0.05):
+    the parent run holds the ratio's effect with the others held fixed, and no best ratio."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)  # (its 95% interval misses the truth for 1% of seeds; not this one)
+    ratios, temps = rng.uniform(0, 1, 12), np.geomspace(0.01, 0.2, 12)[rng.permutation(12)]
+    batches = [32, 64, 128] * 4
+    records, trials = [], []
+    for i, (ratio, temp, batch) in enumerate(zip(ratios, temps, batches)):
+        value = 0.3 - 0.05 * ratio - 0.05 * np.log(temp / 0.01) + batch / 1000 + rng.normal(0, 0.005)
+        records.append(record(float(ratio), i, float(value)))
+        records[-1].params.update(temperature=float(temp), batch_size=batch)
+        trials.append(TrialQueries(records[-1].trial_id, float(ratio), i, tiny_arrays(value - 0.5)))
+    summary = summarize(records, OBJECTIVES, tmp_path / "s", "t", ["ratio", "temperature", "batch_size"],
+                        AnswerInput(trials))
+    effect = summary.ratio_effect
+    assert effect is not None and effect.low <= -0.05 <= effect.high and effect.beyond_noise
+    assert summary.best_ratio is None and summary.headline.startswith("with temperature and batch_size held fixed")
+    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("conf"), run_name="study-conf").info.run_id
+    log_summary(client, run_id, summary.best, "map100/multilingual", summary.files, summary.markdown,
+                summary.best_ratio, summary.ratio_effect)
+    data = client.get_run(run_id).data
+    assert data.metrics["ratio_effect/map100/multilingual/estimate"] == pytest.approx(effect.estimate)
+    assert data.tags["ratio_effect.model"] == "linear in the ratio, cubic in log temperature, a level per batch_size"
+    assert best_tag("ratio") not in data.tags and best_metric("map100/multilingual") not in data.metrics

@@ -128,6 +128,16 @@ def answer_by_ratio_metric(setting: str, family: str, part: str) -> str:
     return f"by_ratio/{cell}/{part}"
 
 
+def ratio_effect_metric(metric: str, part: str) -> str:
+    """The parent run's metric holding the ratio's effect on ``metric`` with the other searched
+    parameters held fixed (a study that searches more than the ratio; :mod:`study.answer_conditional`):
+    ratio 1 minus ratio 0, its ``estimate``, ``ci_low`` and ``ci_high`` (``ratio_effect/map100/multilingual/estimate``)."""
+    return f"ratio_effect/{metric}/{part}"
+
+
+TAG_RATIO_EFFECT_MODEL = "ratio_effect.model"  # the parent run's tag: how that effect's model takes the other parameters
+
+
 def importance_metric(metric: str, param: str) -> str:
     """The parent run's metric holding searched parameter ``param``'s share of the variance of
     ``metric`` over the Optuna study's trials (fANOVA): ``importance/map100/multilingual/ratio``."""
