@@ -156,14 +156,14 @@ def conditional_sentence(effect: Any, others: Sequence[str], metric: str, n_tria
     ``tried``: the lowest and highest ratio tried)."""
     held = " and ".join(others)
     if effect is None:
-        return (f"The ratio's effect cannot be separated from {held}: {n_trials} completed trials leave too few "
+        return (f"The ratio's effect on {metric} cannot be separated from {held}: {n_trials} completed trials leave too few "
                 f"degrees of freedom for a model of the ratio with {held} held fixed, or the ratio moved only with "
                 "them; no ratio effect is claimed.")
     if effect.high < 0 or effect.low > 0:
-        verdict = f"ratio 1 gives a {'lower' if effect.high < 0 else 'higher'} {metric} than ratio 0 beyond noise"
+        verdict = f"ratio 1 gives a {'lower' if effect.high < 0 else 'higher'} value than ratio 0 beyond noise"
     else:
         verdict = "not beyond noise: it rules out differences outside that interval"
-    return (f"Ratio effect with {held} held fixed (additive model over {effect.n} trials: linear in the ratio, "
+    return (f"Ratio effect on {metric} with {held} held fixed (additive model over {effect.n} trials: linear in the ratio, "
             f"{', '.join(effect.terms)}; conservative 95% CI, t with {effect.df} df): ratio 1 minus ratio 0 is "
             f"{effect.estimate:+.3f} [{effect.low:+.3f}, {effect.high:+.3f}], {verdict}. It averages over the "
             f"settings tried (ratios {ratio_label(tried[0])} to {ratio_label(tried[1])}); method: docs/answer.md.")

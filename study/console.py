@@ -66,10 +66,20 @@ def mlflow_ui_command(tracking_uri: str, experiment_id: Optional[str] = None, pa
         if not experiment_id:
             return base
         pages = mlflow_ui_url(experiment_id, base)
-        return f"{pages}\n  parent run: {base}/#/experiments/{experiment_id}/runs/{parent_run_id}" if parent_run_id else pages
+        return f"{pages}\n  parent run: {parent_run_url(experiment_id, parent_run_id, base)}" if parent_run_id else pages
     command = (f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port {UI_PORT} "
                f"--workers {UI_WORKERS}")
-    return f"{command}\n  then open {mlflow_ui_url(experiment_id)}" if experiment_id else command
+    if not experiment_id:
+        return command
+    shown = f"{command}\n  then open {mlflow_ui_url(experiment_id)}"
+    return f"{shown}\n  parent run: {parent_run_url(experiment_id, parent_run_id)}" if parent_run_id else shown
+
+
+def parent_run_url(experiment_id: str, run_id: str, base: str = f"http://127.0.0.1:{UI_PORT}") -> str:
+    """The parent run's page (its Overview is the full answer), in the machine-learning view: MLflow
+    3.17 takes a page's view from the URL's ``workflowType``, else from the browser's saved switch
+    (GenAI unless the reader clicked "Model training"), and its own links between pages drop it."""
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def mlflow_ui_url(experiment_id: str, base: str = f"http://127.0.0.1:{UI_PORT}") -> str:
@@ -145,11 +155,17 @@ def summarize(
     left_out = left_out_line(answer_input.left_out) if answer_input else ""
     answer = outputs.study_answer(queries, target=target_halfwidth) if queries else None
     varying = [k for k in extra_params if len({repr(r.params.get(k)) for r in records}) > 1]
-    confounded = confounded_line(varying) if answer is not None else ""
-    conditional, headline, effect = conditional_answer(records, varying, metric) if confounded else ("", "", None)
+    confounded = confounded_line(varying) if any(r.status == COMPLETED for r in records) else ""
+    conditional, headline, effect = "", "", None
+    for i, objective in enumerate(objectives if confounded else []):  # each objective's effect; the first heads
+        sentence, words, held = conditional_answer(records, varying, objective["metric"])
+        conditional = f"{conditional}\n{sentence}" if conditional else sentence
+        if i == 0:
+            headline, effect = words, held
     if confounded:  # the ratio's effect with the others held fixed; no per-ratio grouping, no best ratio
-        answer.confounded_by = tuple(p for p in varying if p not in ("ratio", "seed"))
-        parts.append(f"{confounded}\n{conditional}\n{NO_GROUPING}")
+        if answer is not None:
+            answer.confounded_by = tuple(p for p in varying if p not in ("ratio", "seed"))
+        parts.append(f"{confounded}\n{conditional}\n{NO_GROUPING if answer is not None else 'No ratio is named best.'}")
     elif answer is not None:  # the answer first: what the study found, then what it is made of
         parts.append(_answer_text(answer, queries))
         if answer.best_ratio is not None:
@@ -167,7 +183,7 @@ def summarize(
     if failed:
         parts.append("Failed trials:\n" + "\n".join(f"  {r.trial_id}: {r.reason or 'unknown reason'}" for r in failed))
     if confounded:
-        markdown = overview = "\n\n".join(part for part in (f"**{confounded}**", conditional, NO_GROUPING, left_out) if part)
+        markdown = overview = "\n\n".join(part for part in (f"**{confounded}**", conditional.replace("\n", "\n\n"), NO_GROUPING, left_out) if part)
     else:
         markdown = "\n\n".join(part for part in (answer.markdown if answer else "", left_out) if part)
         overview = "\n\n".join(part for part in (answer.overview if answer else "", left_out) if part)

@@ -44,12 +44,13 @@ class StudyProgress(Callback):
     """A Tune callback that prints one line per trial event (see the module docstring).
 
     ``objective``: the metric shown first (a logged or source name, as the trial reports it under
-    both); ``planned``: the trial count shown on every line (None: unknown); ``verbose``: 0-2.
+    both); ``planned``: the trial count shown on every line (None: unknown), ``at_most`` when the
+    study may stop before it (raced seeds); ``verbose``: 0-2.
     A line reads ``[  3:05] done      r=0.549 s=2 · 2cd32ce8  multi 0.121  (5 done, 2 running of 12)``.
     """
 
-    def __init__(self, objective: str, planned: Optional[int] = None, verbose: int = 1):
-        self.objective, self.planned, self.verbose = objective, planned, verbose
+    def __init__(self, objective: str, planned: Optional[int] = None, verbose: int = 1, at_most: bool = False):
+        self.objective, self.planned, self.verbose, self.at_most = objective, planned, verbose, at_most
         self._start = time.monotonic()
         self._started: dict[str, float] = {}  # trial id -> when this fit saw it start
 
@@ -83,6 +84,9 @@ class StudyProgress(Callback):
         bias = result.get(BIAS_METRIC)
         if isinstance(bias, (int, float)):
             parts.append(f"bias {bias:.1f}")
+        images = result.get("eval/images")  # intermediate evaluations rank a subset: their values run higher
+        if isinstance(images, (int, float)):
+            parts.append(f"({int(images)} test images)")
         if self.verbose >= 2 if families is None else families:
             parts += [f"{f} {result[FAMILY_METRIC.format(f)]:.3f}" for f in FAMILIES
                       if isinstance(result.get(FAMILY_METRIC.format(f)), (int, float))]
@@ -93,7 +97,7 @@ class StudyProgress(Callback):
         ``trial`` counted in state ``now`` (Tune tells a callback before it updates the status)."""
         statuses = [now if now and t is trial else t.status for t in trials]
         counts = [f"{statuses.count(state)} {word}" for state, word in _STATES if state in statuses]
-        return ", ".join(counts) + (f" of {self.planned}" if self.planned else "")
+        return ", ".join(counts) + (f" of {'at most ' if self.at_most else ''}{self.planned}" if self.planned else "")
 
     def _took(self, trial: Any) -> str:
         start = self._started.get(trial.trial_id)

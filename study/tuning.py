@@ -252,7 +252,7 @@ def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, fit: 
         # Tune's CSV and JSON results (result.json, progress.csv), without its TensorBoard logger:
         # MLflow is where a study is read, and Tune would print a TensorBoard hint for it.
         callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), *searcher_callbacks(searcher),
-                   StudyProgress(state.metric, state.num_trials, verbose)],
+                   StudyProgress(state.metric, state.num_trials, verbose, at_most=bool(space.seeds))],
     )
     return tune.Tuner(
         build_trainable(state, capacity, fit),

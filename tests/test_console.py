@@ -24,6 +24,7 @@ def test_the_ui_command_holds_on_two_cores_and_names_the_runs_page():
 def test_a_store_without_a_server_gets_the_command_that_serves_it(uri):
     shown = mlflow_ui_command(uri, "7", "abc")
     assert shown.startswith(f"mlflow ui --backend-store-uri {uri} ") and mlflow_ui_url("7") in shown
+    assert shown.endswith("\n  parent run: http://127.0.0.1:5000/#/experiments/7/runs/abc?workflowType=machine_learning")
 
 
 @pytest.mark.parametrize("uri", ["http://10.0.0.5:5000", "https://mlflow.example.org/tracking/"])
@@ -32,7 +33,7 @@ def test_a_tracking_server_gets_its_own_pages_not_a_second_ui(uri):
     shown = mlflow_ui_command(uri, "7", "abc")
     assert "mlflow ui" not in shown and "127.0.0.1:5000" not in shown
     assert shown.splitlines() == [mlflow_ui_url("7", base),
-                                  f"  parent run: {base}/#/experiments/7/runs/abc"]
+                                  f"  parent run: {base}/#/experiments/7/runs/abc?workflowType=machine_learning"]
 
 
 EXITING = textwrap.dedent("""
@@ -69,15 +70,16 @@ def test_progress_lines_name_trials_as_their_runs_and_count_states(capsys):
     progress.on_trial_start(0, [a, b], a)  # Tune calls before it marks the trial RUNNING
     a.status = "RUNNING"
     progress.on_trial_result(0, [a, b], a, {"epoch": 1.0, "train/loss": 3.0})  # no evaluation: no line
-    progress.on_trial_result(0, [a, b], a, {"epoch": 2.0, "map100/multilingual": 0.05})
+    progress.on_trial_result(0, [a, b], a, {"epoch": 2.0, "map100/multilingual": 0.05, "eval/images": 150.0})
     progress.on_trial_complete(0, [a, b], b)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3
     assert "started" in lines[0] and "r=0.549 s=1 · aaaa0001" in lines[0] and "(2 running of 12)" in lines[0]
-    assert "epoch 2" in lines[1] and "multi 0.050" in lines[1]
+    assert "epoch 2" in lines[1] and "multi 0.050  (150 test images)" in lines[1]
     assert "done" in lines[2] and "r=1 s=1 · bbbb0002" in lines[2] and "multi 0.123  bias 40.2" in lines[2]
     assert "(1 running, 1 done of 12)" in lines[2]
     assert "germanic" not in lines[2]
     assert "germanic 0.200" in StudyProgress("multi", verbose=2).values_text(b.last_result)
+    assert StudyProgress("multi", planned=30, at_most=True).counts_text([b]) == "1 running of at most 30"
     StudyProgress("multi", verbose=0).on_trial_complete(0, [b], b)
     assert capsys.readouterr().out == ""

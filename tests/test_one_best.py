@@ -113,8 +113,8 @@ def test_a_ratio_answer_over_other_searched_parameters_says_it_is_confounded(tmp
     assert mixed.markdown.startswith("**Confounded: this study searched temperature and batch_size")
     # no grouping of confounded trials anywhere: the ratio's effect with the others held fixed instead
     second = mixed.text.splitlines()[1]
-    assert second.startswith(("Ratio effect with temperature and batch_size held fixed (additive model over",
-                              "The ratio's effect cannot be separated from temperature and batch_size")), second
+    assert second.startswith(("Ratio effect on map100/multilingual with temperature and batch_size held fixed (additive",
+                              "The ratio's effect on map100/multilingual cannot be separated from temperature and batch_size")), second
     assert "Best ratio" not in mixed.text and "Answer (" not in mixed.text and "Best ratio" not in mixed.markdown
     assert mixed.best_ratio is None and mixed.answer_rows == [] and "no best ratio is named" in mixed.headline
     assert json.loads((tmp_path / "b" / "best_config.json").read_text())["best"] is None

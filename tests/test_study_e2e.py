@@ -164,6 +164,11 @@ def test_failed_trials_are_reported_and_the_pareto_front_printed(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Pareto front (map100/multilingual max, bias/multilingual min)" in done.stdout
     assert "Failed trials:" in done.stdout and "non-finite loss" in done.stdout
+    # ratio and temperature both searched: no per-ratio answer, the ratio's effect per objective instead
+    assert "Confounded: this study searched temperature together with the ratio" in done.stdout
+    for metric in ("map100/multilingual", "bias/multilingual"):  # too few trials to separate it: said, per objective
+        assert f"The ratio's effect on {metric} cannot be separated from temperature" in done.stdout, metric
+    assert "Best ratio" not in done.stdout
 
     _, parent, children = _store(tmp_path, "front")
     assert parent.info.status == "FINISHED" and len(children) == 3
