@@ -165,7 +165,7 @@ def summarize(
     if confounded:  # the ratio's effect with the others held fixed; no per-ratio grouping, no best ratio
         if answer is not None:
             answer.confounded_by = tuple(p for p in varying if p not in ("ratio", "seed"))
-        parts.append(f"{confounded}\n{conditional}\n{NO_GROUPING if answer is not None else 'No ratio is named best.'}")
+        parts.append(f"{confounded}\n{conditional}\n{no_grouping(answer is not None)}")
     elif answer is not None:  # the answer first: what the study found, then what it is made of
         parts.append(_answer_text(answer, queries))
         if answer.best_ratio is not None:
@@ -183,7 +183,8 @@ def summarize(
     if failed:
         parts.append("Failed trials:\n" + "\n".join(f"  {r.trial_id}: {r.reason or 'unknown reason'}" for r in failed))
     if confounded:
-        markdown = overview = "\n\n".join(part for part in (f"**{confounded}**", conditional.replace("\n", "\n\n"), NO_GROUPING, left_out) if part)
+        markdown = overview = "\n\n".join(part for part in (f"**{confounded}**", conditional.replace("\n", "\n\n"),
+                                                             no_grouping(answer is not None), left_out) if part)
     else:
         markdown = "\n\n".join(part for part in (answer.markdown if answer else "", left_out) if part)
         overview = "\n\n".join(part for part in (answer.overview if answer else "", left_out) if part)
@@ -201,13 +202,15 @@ def confounded_line(searched: Sequence[str]) -> str:
     if not others:
         return ""
     return (f"Confounded: this study searched {' and '.join(others)} together with the ratio, so its trials differ "
-            "in more than the ratio, and grouping them by ratio would mix their effects. The next line holds them "
-            "fixed in a model; to measure the ratio directly, study it with these fixed (a space that searches "
+            "in more than the ratio, and grouping them by ratio would mix their effects. The lines below hold "
+            "them fixed in a model; to measure the ratio directly, study it with these fixed (a space that searches "
             "the ratio only, with seeds).")
 
 
-NO_GROUPING = ("No ratio is named best and no per-ratio table is shown (the per-ratio rows, which mix those effects, "
-               "are in answer.csv for reference only).")
+def no_grouping(with_answer_rows: bool) -> str:
+    """What a confounded study does not say (and where its per-ratio rows went, when it has them)."""
+    return ("No ratio is named best and no per-ratio table is shown (the per-ratio rows, which mix those effects, "
+            "are in answer.csv for reference only)." if with_answer_rows else "No ratio is named best.")
 
 
 def conditional_answer(records: Sequence[TrialRecord], varying: Sequence[str],

@@ -87,7 +87,7 @@ class StudyProgress(Callback):
         images = result.get("eval/images")  # intermediate evaluations rank a subset: their values run higher
         if isinstance(images, (int, float)):
             parts.append(f"({int(images)} test images)")
-        if self.verbose >= 2 if families is None else families:
+        if (self.verbose >= 2) if families is None else families:
             parts += [f"{f} {result[FAMILY_METRIC.format(f)]:.3f}" for f in FAMILIES
                       if isinstance(result.get(FAMILY_METRIC.format(f)), (int, float))]
         return "  ".join(parts)
