@@ -48,6 +48,11 @@ class ConditionalEffect:
     n: int
     df: int
     terms: tuple
+    # for the figure: each trial's ratio and its value with the other parameters' fitted effect taken
+    # out (set to their mean over the trials: a partial residual), and the line's value at the mean ratio
+    ratios: tuple = ()
+    adjusted: tuple = ()
+    center: float = float("nan")
 
     @property
     def beyond_noise(self) -> bool:
@@ -101,7 +106,10 @@ def conditional_ratio_effect(ratios: Sequence[float], others: Mapping[str, Seque
     se = math.sqrt(max(classical, hc3, 0.0))
     q = float(stats.t.ppf(0.5 + confidence / 2, df))
     beta = float(coef[1])
-    return ConditionalEffect(beta, beta - q * se, beta + q * se, len(y), int(df), tuple(terms))
+    others_part = X[:, 2:] @ coef[2:]
+    adjusted = y - others_part + others_part.mean()
+    return ConditionalEffect(beta, beta - q * se, beta + q * se, len(y), int(df), tuple(terms),
+                             tuple(float(v) for v in r), tuple(float(v) for v in adjusted), float(adjusted.mean()))
 
 
 __all__ = ["ConditionalEffect", "conditional_ratio_effect", "nuisance_columns", "MAX_LEVELS", "LOG_SPAN"]

@@ -244,6 +244,47 @@ def answer_markdown(rows: Sequence[dict], best: Sequence[dict], sentence: str, n
 _SETTING_STYLE = {"multilingual": ("tab:blue", "-"), "crosslingual": ("tab:orange", "--"), "monolingual": ("tab:green", ":")}
 
 
+def plot_conditional(effects: Sequence[tuple], held: Sequence[str], path: Union[str, Path],
+                     title: str = "") -> Optional[Path]:
+    """PNG of the ratio's effect with the other searched parameters held fixed, one panel per
+    objective (``effects``: (metric, :class:`study.answer_conditional.ConditionalEffect`) pairs;
+    ``held``: those parameters' names; ``title``: the study's figure title, whose "NAME:" prefix is kept). Each trial is a point at its ratio, its value with the
+    others' fitted effect taken out; the line is the fitted effect, and the shaded fan spans the
+    slopes of its 95% interval, through the mean. Returns None without an effect."""
+    if not effects:
+        return None
+    import matplotlib  # here, not at the top: only the figure needs it (start-up: docs/performance.md)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(effects), figsize=(5.5 * len(effects), 4.2), squeeze=False)
+    for ax, (metric, effect) in zip(axes[0], effects):
+        mean_ratio = sum(effect.ratios) / len(effect.ratios)
+        xs = [0.0, 1.0]
+        line = [effect.center + effect.estimate * (x - mean_ratio) for x in xs]
+        low = [effect.center + effect.low * (x - mean_ratio) for x in xs]
+        high = [effect.center + effect.high * (x - mean_ratio) for x in xs]
+        ax.fill_between(xs, [min(a, b) for a, b in zip(low, high)], [max(a, b) for a, b in zip(low, high)],
+                        color="tab:blue", alpha=0.15, linewidth=0, label="95% interval of the effect")
+        ax.plot(xs, line, color="tab:blue", label=f"ratio 1 - ratio 0: {effect.estimate:+.3f} "
+                                                  f"[{effect.low:+.3f}, {effect.high:+.3f}]")
+        ax.plot(effect.ratios, effect.adjusted, "o", color="black", markersize=4, label="trials (others held fixed)")
+        ax.set_xlabel("monolingual ratio")
+        ax.set_ylabel(f"{metric}\n({' and '.join(held)} held fixed)")
+        ax.set_xlim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    study = title.split(":")[0] + ": " if ":" in title else ""  # the caller's title names the study first
+    fig.suptitle(f"{study}the ratio's effect with {' and '.join(held)} held fixed (additive model)", fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_answer(rows: Sequence[dict], path: Union[str, Path], title: str = "") -> Optional[Path]:
     """PNG of the answer against the ratio, as small multiples that read at a glance (3 x 3 panels).
 

@@ -156,15 +156,17 @@ def summarize(
     answer = outputs.study_answer(queries, target=target_halfwidth) if queries else None
     varying = [k for k in extra_params if len({repr(r.params.get(k)) for r in records}) > 1]
     confounded = confounded_line(varying) if any(r.status == COMPLETED for r in records) else ""
-    conditional, headline, effect = "", "", None
+    conditional, headline, effect, effects = "", "", None, []
     for i, objective in enumerate(objectives if confounded else []):  # each objective's effect; the first heads
         sentence, words, held = conditional_answer(records, varying, objective["metric"])
         conditional = f"{conditional}\n{sentence}" if conditional else sentence
+        effects += [(objective["metric"], held)] if held is not None else []
         if i == 0:
             headline, effect = words, held
+    others = tuple(p for p in varying if p not in ("ratio", "seed")) if confounded else ()
     if confounded:  # the ratio's effect with the others held fixed; no per-ratio grouping, no best ratio
         if answer is not None:
-            answer.confounded_by = tuple(p for p in varying if p not in ("ratio", "seed"))
+            answer.confounded_by = others
         parts.append(f"{confounded}\n{conditional}\n{no_grouping(answer is not None)}")
     elif answer is not None:  # the answer first: what the study found, then what it is made of
         parts.append(_answer_text(answer, queries))
@@ -188,7 +190,7 @@ def summarize(
     else:
         markdown = "\n\n".join(part for part in (answer.markdown if answer else "", left_out) if part)
         overview = "\n\n".join(part for part in (answer.overview if answer else "", left_out) if part)
-    files = outputs.write_outputs(records, objectives, best, front, output_dir, title, answer, markdown)
+    files = outputs.write_outputs(records, objectives, best, front, output_dir, title, answer, markdown, others, effects)
     parts.append("Saved to " + str(output_dir) + ":\n" + "\n".join(f"  {p.name}" for p in files))
     headline = headline or answer_headline(answer.best_ratio if answer else None)
     return Summary("\n\n".join(parts), best, front, files, markdown, overview, headline, effect,

@@ -17,7 +17,15 @@ from typing import Optional, Sequence, Union
 from study.answer import TrialQueries
 from study.answer_metrics import COLUMNS, OBJECTIVE
 from study.answer_stats import _analyse, _best, _ratio_key, _rows
-from study.answer_text import _ends, _hypotheses, _resolution, answer_markdown, answer_overview, plot_answer
+from study.answer_text import (
+    _ends,
+    _hypotheses,
+    _resolution,
+    answer_markdown,
+    answer_overview,
+    plot_answer,
+    plot_conditional,
+)
 from study.results import TrialRecord, plot_families, plot_pareto, write_csv
 from trainables import mlflow_layout as layout
 
@@ -105,18 +113,23 @@ def best_ratio_config(answer: Optional[Answer], records: Sequence[TrialRecord]) 
 
 def write_outputs(records: Sequence[TrialRecord], objectives: Sequence[dict], best: Optional[TrialRecord],
                   front: Sequence[TrialRecord], output_dir: Path, title: str,
-                  answer: Optional[Answer] = None, markdown: str = "") -> list[Path]:
+                  answer: Optional[Answer] = None, markdown: str = "", held: Sequence[str] = (),
+                  ratio_effects: Sequence[tuple] = ()) -> list[Path]:
     """Write the study's files to ``output_dir`` and return their paths: ``trials.csv``; with an
-    ``answer``, ``answer.csv``, ``answer.md`` (``markdown``, else the answer's own) and its figure
-    (for a confounded answer, or none, the figure of the trials' own metrics); the Pareto figure
-    with several objectives; ``best_config.json`` with a ``best``."""
+    ``answer``, ``answer.csv`` and ``answer.md`` (``markdown``, else the answer's own); the figure:
+    the answer's, or for a study whose trials also differ in the searched parameters ``held``, the
+    ratio's effect with those held fixed (``ratio_effects``: (metric, effect) pairs; no figure when
+    none could be separated), or without an answer the trials' own metrics; the Pareto figure with
+    several objectives; ``best_config.json`` with a ``best``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     files = [write_csv(records, output_dir / layout.CSV_NAME)]
     if answer is not None:
         files.append(write_answer_csv(answer.rows, output_dir / layout.ANSWER_CSV))
         (output_dir / layout.ANSWER_MD).write_text(markdown or answer.markdown, encoding="utf-8")
         files.append(output_dir / layout.ANSWER_MD)
-    if answer is not None and not answer.confounded_by:
+    if held:  # grouped by ratio, these trials would mix the other parameters' effects
+        figure = plot_conditional(ratio_effects, held, output_dir / layout.FIGURE_NAME, title)
+    elif answer is not None:
         figure = plot_answer(answer.rows, output_dir / layout.FIGURE_NAME, title)
     else:
         figure = plot_families(records, output_dir / layout.FIGURE_NAME, title)

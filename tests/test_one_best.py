@@ -148,3 +148,8 @@ def test_a_confounded_study_logs_the_ratio_effect_held_fixed_and_no_best(tmp_pat
     assert data.metrics["ratio_effect/map100/multilingual/estimate"] == pytest.approx(effect.estimate)
     assert data.tags["ratio_effect.model"] == "linear in the ratio, cubic in log temperature, a level per batch_size"
     assert best_tag("ratio") not in data.tags and best_metric("map100/multilingual") not in data.metrics
+    # the figure is the effect held fixed: one panel per objective, each trial at its adjusted value
+    assert (tmp_path / "s" / "map100_by_family_vs_ratio.png").is_file()
+    assert len(effect.adjusted) == 12 and effect.center == pytest.approx(sum(effect.adjusted) / 12)
+    fitted = [effect.center + effect.estimate * (r - sum(effect.ratios) / 12) for r in effect.ratios]
+    assert max(abs(a - f) for a, f in zip(effect.adjusted, fitted)) < 0.02  # the others' effect is taken out
