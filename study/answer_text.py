@@ -191,20 +191,27 @@ def answer_headline(best: Optional[dict]) -> str:
             f"[{best['ci_low']:.3f}, {best['ci_high']:.3f}], {seeds}); {tied}")
 
 
+def _best_cells(rows: Sequence[dict], best: Sequence[dict]) -> list[tuple]:
+    """Per cell of ``best`` (:func:`study.answer_stats.best_ratios`), the texts of its table row:
+    (the cell, best ratio, range of the plausible set, mean at the best with its 95% CI, seeds)."""
+    by_cell = {(r["setting"], r["family"], _ratio_key(r["ratio"])): r for r in rows}
+    cells = []
+    for b in best:
+        row = by_cell.get((b["setting"], b["family"], _ratio_key(b["best_ratio"])))
+        ci = f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if row else f"{b['best_mean']:.3f}"
+        cells.append((b, ratio_label(b["best_ratio"]), f"{ratio_label(b['set_low'])} – {ratio_label(b['set_high'])}",
+                      ci, str(row["n_seeds"] if row else "")))
+    return cells
+
+
 def answer_overview(rows: Sequence[dict], best: Sequence[dict], sentence: str) -> str:
     """The answer in brief, for the MLflow experiment page (which cannot scroll a long description):
     the verdict on the ends, what the ratio means, and the best ratio per family for multilingual
     retrieval (the objective's setting) and the language bias, with intervals, as a fixed-width table."""
-    by_cell = {(r["setting"], r["family"], _ratio_key(r["ratio"])): r for r in rows}
-    table = []
-    for b in best:
-        if b["setting"] not in ("multilingual", "bias"):
-            continue
-        row = by_cell.get((b["setting"], b["family"], _ratio_key(b["best_ratio"])))
-        ci = f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if row else f"{b['best_mean']:.3f}"
-        name = {"all": "all (caption->caption)", "i2t+t2t": "objective (i2t+t2t)"}.get(b["family"], b["family"])
-        name = "bias (lower is better)" if b["setting"] == "bias" else name
-        table.append([name, ratio_label(b["best_ratio"]), f"{ratio_label(b['set_low'])} – {ratio_label(b['set_high'])}", ci])
+    names = {"all": "all (caption->caption)", "i2t+t2t": "objective (i2t+t2t)"}
+    table = [["bias (lower is better)" if b["setting"] == "bias" else names.get(b["family"], b["family"]), best_ratio,
+              within, ci] for b, best_ratio, within, ci, _ in _best_cells(rows, best)
+             if b["setting"] in ("multilingual", "bias")]
     headers = ["multilingual mAP@100", "best ratio", "within noise", "mean at best (95% CI)"]
     return "\n".join([f"**Verdict.** {sentence}", "", RATIO_MEANING, "", "```", format_table(headers, table), "```", ""])
 
@@ -219,13 +226,8 @@ def answer_markdown(rows: Sequence[dict], best: Sequence[dict], sentence: str, n
     rows: :func:`study.answer_stats.answer_rows`; best: :func:`study.answer_stats.best_ratios`; sentence:
     :func:`ends_sentence`; best_ratio: :attr:`study.outputs.Answer.best_ratio`.
     """
-    by_cell = {(r["setting"], r["family"], _ratio_key(r["ratio"])): r for r in rows}
-    table = []
-    for b in best:
-        row = by_cell.get((b["setting"], b["family"], _ratio_key(b["best_ratio"])))
-        ci = f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if row else f"{b['best_mean']:.3f}"
-        table.append([b["setting"], b["family"], ratio_label(b["best_ratio"]),
-                      f"{ratio_label(b['set_low'])} – {ratio_label(b['set_high'])}", ci, str(row["n_seeds"] if row else "")])
+    table = [[b["setting"], b["family"], best_ratio, within, ci, seeds]
+             for b, best_ratio, within, ci, seeds in _best_cells(rows, best)]
     headers = ["setting", "family", "best ratio", "plausible optimum", "mean at best (95% CI)", "seeds"]
     verdict = [f"**Verdict.** {sentence}", "", RATIO_MEANING]
     if best_ratio is not None:

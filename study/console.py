@@ -155,15 +155,15 @@ def summarize(
     left_out = left_out_line(answer_input.left_out) if answer_input else ""
     answer = outputs.study_answer(queries, target=target_halfwidth) if queries else None
     varying = [k for k in extra_params if len({repr(r.params.get(k)) for r in records}) > 1]
-    confounded = confounded_line(varying) if any(r.status == COMPLETED for r in records) else ""
+    others = held_fixed(varying) if any(r.status == COMPLETED for r in records) else ()
+    confounded = confounded_line(others)
     conditional, headline, effect, effects = "", "", None, []
     for i, objective in enumerate(objectives if confounded else []):  # each objective's effect; the first heads
-        sentence, words, held = conditional_answer(records, varying, objective["metric"])
+        sentence, words, held = conditional_answer(records, others, objective["metric"])
         conditional = f"{conditional}\n{sentence}" if conditional else sentence
         effects += [(objective["metric"], held)] if held is not None else []
         if i == 0:
             headline, effect = words, held
-    others = tuple(p for p in varying if p not in ("ratio", "seed")) if confounded else ()
     if confounded:  # the ratio's effect with the others held fixed; no per-ratio grouping, no best ratio
         if answer is not None:
             answer.confounded_by = others
@@ -197,10 +197,15 @@ def summarize(
                    answer.best_ratio if answer else None, answer.rows if answer and not confounded else [])
 
 
-def confounded_line(searched: Sequence[str]) -> str:
+def held_fixed(varying: Sequence[str]) -> tuple:
+    """The searched parameters besides the ratio and the seed among ``varying`` (those that differ
+    across the trials): what a ratio answer must hold fixed."""
+    return tuple(p for p in varying if p not in ("ratio", "seed"))
+
+
+def confounded_line(others: Sequence[str]) -> str:
     """The warning a per-ratio answer needs when the trials differ in other searched parameters too
-    (``searched``: those that vary across the trials; '' when only the ratio and the seed do)."""
-    others = [p for p in searched if p not in ("ratio", "seed")]
+    (``others``: :func:`held_fixed`; '' when there are none)."""
     if not others:
         return ""
     return (f"Confounded: this study searched {' and '.join(others)} together with the ratio, so its trials differ "
@@ -215,12 +220,11 @@ def no_grouping(with_answer_rows: bool) -> str:
             "are in answer.csv for reference only)." if with_answer_rows else "No ratio is named best.")
 
 
-def conditional_answer(records: Sequence[TrialRecord], varying: Sequence[str],
+def conditional_answer(records: Sequence[TrialRecord], others: Sequence[str],
                        metric: str) -> tuple[str, str, Optional[ConditionalEffect]]:
-    """The ratio's effect on ``metric`` with the other ``varying`` searched parameters held fixed, over
-    the completed trials (:func:`study.answer_conditional.conditional_ratio_effect`): in a sentence,
-    in a heading's few words, and the effect itself (None when it cannot be separated)."""
-    others = [p for p in varying if p not in ("ratio", "seed")]
+    """The ratio's effect on ``metric`` with the searched parameters ``others`` (:func:`held_fixed`)
+    held fixed, over the completed trials (:func:`study.answer_conditional.conditional_ratio_effect`):
+    in a sentence, in a heading's few words, and the effect itself (None when it cannot be separated)."""
     done = [r for r in records if r.status == COMPLETED and isinstance(r.params.get("ratio"), (int, float))
             and all(isinstance(r.params.get(p), (int, float)) for p in others) and math.isfinite(r.value(metric))]
     ratios = [float(r.params["ratio"]) for r in done]

@@ -20,7 +20,7 @@ from ray.tune import Callback
 
 from study import console
 from trainables.languages import FAMILIES
-from trainables.metric_names import BIAS_METRIC, FAMILY_METRIC, SEARCHED_PARAMS, logged_name
+from trainables.metric_names import BIAS_METRIC, FAMILY_METRIC, logged_name
 from trainables.mlflow_layout import trial_run_name
 
 # Tune's states as the study names them (counted on every line: how far the study is).
@@ -34,10 +34,9 @@ def tune_output_env() -> None:
 
 
 def trial_label(trial: Any) -> str:
-    """A trial as its MLflow child run is named (:func:`trainables.mlflow_layout.trial_run_name`)."""
-    config = getattr(trial, "config", None) or {}
-    searched = {k: config[k] for k in SEARCHED_PARAMS if isinstance(config.get(k), (int, float))}
-    return trial_run_name(trial.trial_id, searched)
+    """A trial as its MLflow child run is named: :func:`trainables.mlflow_layout.trial_run_name` of
+    the Tune config, the call :func:`study.trial.run_trial` makes."""
+    return trial_run_name(trial.trial_id, getattr(trial, "config", None) or {})
 
 
 class StudyProgress(Callback):
