@@ -34,6 +34,7 @@ from study.trial import TrialContext, run_trial
 from trainables.languages import FAMILIES
 from trainables.metric_names import BIAS_METRIC, FAMILY_METRIC, LOSS_METRIC, logged_name
 from trainables.mlflow_layout import COMPLETED, EARLY_STOPPED
+from trainables.storage_fs import storage_filesystem
 
 # Shown first in Tune's progress table (it shows the first few metrics of a result), under the
 # short names the MLflow UI shows too (the trials forward both names: study.trial).
@@ -337,6 +338,7 @@ def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, fit: 
     run_config = tune.RunConfig(
         name=state.name,
         storage_path=state.storage_path,
+        storage_filesystem=storage_filesystem(state.storage_path),  # whole files only: a full disk corrupts nothing
         verbose=verbose,
         failure_config=tune.FailureConfig(max_failures=0),  # worker restarts happen inside Ray Train
         # Tune's CSV and JSON results (result.json, progress.csv), without its TensorBoard logger:
@@ -361,7 +363,7 @@ def can_restore(state: StudyState) -> bool:
     """Whether Tune saved an experiment state for this study."""
     from ray import tune
 
-    return tune.Tuner.can_restore(state.experiment_path)
+    return tune.Tuner.can_restore(state.experiment_path, storage_filesystem=storage_filesystem(state.storage_path))
 
 
 def restore_tuner(state: StudyState, capacity: Capacity, fit: Callable) -> Any:
@@ -375,4 +377,5 @@ def restore_tuner(state: StudyState, capacity: Capacity, fit: Callable) -> Any:
         resume_unfinished=True,
         resume_errored=False,
         restart_errored=False,
+        storage_filesystem=storage_filesystem(state.storage_path),  # Tune keeps none from the saved Tuner
     )

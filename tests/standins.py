@@ -185,8 +185,24 @@ class MarkingSession:
     def report(self, metrics: dict, state: Optional[dict]) -> None:
         self.inner.report(metrics, state)
         if self.stop_after is not None and int(metrics["epoch"]) >= self.stop_after:
+            _wait_registered(f"checkpoint_epoch_{int(metrics['epoch']):04d}")
             raise StandInInterrupt(f"stopped after epoch {int(metrics['epoch'])}, its checkpoint written")
         self._epoch_starts(int(metrics["epoch"]) + 1)
+
+
+def _wait_registered(checkpoint: str, timeout_s: float = 120.0) -> None:
+    """Wait until Ray Train's controller lists ``checkpoint`` in its run snapshot (a local storage path).
+
+    A worker that fails right after its report races the controller: a failure seen before every
+    rank's report is registered loses the checkpoint (Ray Train tears the group down, rank 0 maybe
+    still copying it). Stopping only once it is registered makes "stopped after epoch E" exact.
+    """
+    import ray.train
+
+    snapshot = Path(ray.train.get_context().get_storage().checkpoint_manager_snapshot_path)  # DeveloperAPI
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not (snapshot.is_file() and checkpoint in snapshot.read_text(errors="ignore")):
+        time.sleep(0.05)
 
 
 class StandInInterrupt(RuntimeError):
