@@ -64,6 +64,7 @@ def trial_context(state: StudyState, fit: Callable) -> TrialContext:
         resources_per_worker=resources,
         metrics_first=first,
         objectives=tuple(o["metric"] for o in state.objectives),
+        storage_path=state.storage_path,
     )
 
 
