@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 
 from trainables.atomic import atomic_file
+from trainables.errors import naming_full
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -121,7 +122,8 @@ class RaySession(Session):
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(state, Path(tmp))
+            with naming_full("temporary folder", tmp):  # this node's own disk, not the storage path
+                save_checkpoint(state, Path(tmp))
             epoch = int(metrics.get("epoch", 0))
             ray.train.report(
                 metrics,
