@@ -13,6 +13,40 @@ os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([_REPO, *filter(None, o
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# The suite runs in two pytest-xdist workers (pyproject's addopts, -n 2). The modules below start Ray
+# (an in-process cluster, a study that starts one, a Ray head): they run one after another, in
+# collection order, in one worker, since two Ray instances on one machine break each other
+# (study.cluster.local_cluster_slot); the other tests are shared out beside them
+# (pytest_xdist_make_scheduler). A new module that starts Ray goes here (tests/test_structure.py checks).
+RAY_MODULES = (
+    "test_study_lock", "test_fault_injection", "test_trial_ray", "test_mlflow_ui", "test_study_e2e",
+    "test_cluster_rehearsal",
+)
+# Beside a Ray trial (one thread per worker), a test's own torch threads would oversubscribe the
+# cores: one intra-op thread each while workers share the machine.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: none without it (-p no:xdist)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduling, with every test of :data:`RAY_MODULES` in one unit of work (its
+    ``xdist_group`` mark would do this, but xdist 3.8 cannot rename nodes on pytest 9)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray" if Path(nodeid.split("::", 1)[0]).stem in RAY_MODULES else nodeid
+
+    return RayModulesTogether(config, log)
+
+
+def pytest_collection_modifyitems(items):
+    """The Ray modules in :data:`RAY_MODULES`' order (the others keep theirs): the least CPU-bound
+    first, beside the other worker's share of the suite, the cluster rehearsal last."""
+    rank = {name: i for i, name in enumerate(RAY_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.stem, -1))
+
 
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory):

@@ -93,9 +93,10 @@ class Cluster:
         """``ray job submit --no-wait --working-dir .`` of ``python -m study.run STUDY_ARGS``."""
         command = ("ray", "job", "submit", "--no-wait", "--submission-id", job_id, "--working-dir", ".", "--",
                    "python", "-m", "study.run", *study_args, "--address", "auto")
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         done = self.run(*command)
-        # Just after `ray start` the head's job agent may not have registered yet; Ray says to try again.
+        # Just after `ray start` the head's job agent may not have registered yet (on a busy machine, for a
+        # minute or more); Ray says to try again.
         while done.returncode != 0 and "No available agent" in done.stderr and time.monotonic() < deadline:
             time.sleep(2)
             done = self.run(*command)
@@ -172,8 +173,22 @@ def cluster(tmp_path_factory):
     finally:
         if head_started:
             parts.run("ray", "stop", "--force", timeout_s=120)
+            # gone before the next module's local study looks for a Ray instance on this machine
+            wait_for(lambda: not ray_processes(), "the head's processes to exit", 60, every_s=0.5)
         parts.stop_mlflow() if parts.mlflow is not None else None
         stop_group(s3)
+
+
+def ray_processes() -> list[int]:
+    """Pids of this machine's Ray head processes (GCS server, raylet) still running."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() in ("gcs_server", "raylet"):
+                found.append(int(pid))
+        except OSError:
+            pass
+    return found
 
 
 def _runs(client, experiment_name: str) -> tuple[list, list]:

@@ -131,3 +131,19 @@ def test_the_cli_starts_without_the_heavy_libraries():
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert loaded.stdout.strip() == "[]"
+
+
+# What a test module writes when it starts Ray: an in-process cluster, a trial on Ray Train, a study
+# subprocess (which starts its own local cluster), the shared smoke study, or a Ray head.
+STARTS_RAY = ("ray.init(", "fit_trial(", "start_study(", "standin_command(", "smoke_study", '"ray", "start"')
+
+
+def test_every_module_that_starts_ray_runs_in_the_ray_worker():
+    """Two Ray instances on one machine break each other: every test module that starts Ray must be in
+    conftest's RAY_MODULES, which pytest-xdist runs one after another in one worker."""
+    from tests.conftest import RAY_MODULES
+
+    starting = {p.stem for p in (ROOT / "tests").glob("test_*.py")
+                if any(signal in p.read_text(encoding="utf-8") for signal in STARTS_RAY)}
+    starting.discard(Path(__file__).stem)  # this file only names them
+    assert starting == set(RAY_MODULES)

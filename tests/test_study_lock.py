@@ -201,8 +201,9 @@ def _session(sid: int) -> list[int]:
     return out
 
 
-def _kill_driver(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
-    """SIGKILL the driver, as if its machine died; then what is left of its session, by pid."""
+def _kill_driver(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
+    """SIGKILL the driver, as if its machine died; then what is left of its session after ``grace_s``
+    (Ray's own processes, which would idle on for up to ~20 s), by pid."""
     proc.kill()
     proc.wait(timeout=60)
     deadline = time.monotonic() + grace_s
