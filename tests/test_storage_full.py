@@ -56,8 +56,6 @@ from trainables.errors import OutOfSpace, TrialFailed, is_out_of_space, named_ou
 from trainables.metric_names import LOSS_METRIC, logged_name
 from trainables.mlflow_layout import TAG_EPOCHS_DONE
 
-pytestmark = pytest.mark.xdist_group("ray")  # starts Ray: see conftest.py
-
 STUDY = "full"
 
 
