@@ -246,8 +246,13 @@ def test_a_full_storage_path_corrupts_no_state(full_storage):
     import torch
 
     for name, data in files.items():
-        if name.endswith(".pkl") or data.startswith(b"\x80"):  # Tune's pickles (search_gen_state-*.json is one)
-            pickletools.dis(data, out=io.StringIO())  # reads the opcodes to the end (runs nothing): raises if cut short
+        if data.startswith(b"\x80"):  # Tune's pickles (search_gen_state-*.json is one)
+            try:
+                pickletools.dis(data, out=io.StringIO())  # reads the opcodes to the end (runs nothing): raises if cut short
+            except ValueError as err:
+                raise AssertionError(f"{name}: {err}") from err
+        elif name.endswith(".pkl"):  # the searchers' state: JSON around a pickle (study.searchers)
+            assert _parses(data.decode(errors="replace")), f"{name} is neither a pickle nor whole JSON: {data[:80]!r}"
         elif name.endswith(".json"):  # Tune's experiment state, results (JSON lines), Ray Train's snapshot
             text = data.decode(errors="replace")
             if name.endswith("result.json"):  # one JSON object a line; none before the trial's first result
