@@ -24,8 +24,21 @@ RAY_MODULES = (
 )
 # Beside a Ray trial (one thread per worker), a test's own torch threads would oversubscribe the
 # cores: one intra-op thread each while workers share the machine.
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+SHARED = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
+if SHARED:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The Ray modules are the suite's critical path (their trials wait on process starts and polls,
+# which leaves CPU idle); a worker whose first test is another module's runs at a lower
+# priority, on the CPU they leave (docs/performance.md, "The suite").
+OTHER_WORKER_NICE = 10
+_first_test_seen = []
+
+
+def pytest_runtest_setup(item):
+    if SHARED and not _first_test_seen:
+        _first_test_seen.append(item.nodeid)
+        if item.path.stem not in RAY_MODULES:
+            os.nice(OTHER_WORKER_NICE)
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: none without it (-p no:xdist)
