@@ -18,7 +18,6 @@ from typing import Any, Optional
 import torch
 
 from trainables.atomic import atomic_file
-from trainables.errors import naming_full
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -122,8 +121,7 @@ class RaySession(Session):
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            with naming_full("temporary folder", tmp):  # this node's own disk, not the storage path
-                save_checkpoint(state, Path(tmp))
+            save_checkpoint(state, Path(tmp))
             epoch = int(metrics.get("epoch", 0))
             ray.train.report(
                 metrics,
