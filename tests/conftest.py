@@ -55,15 +55,15 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(items):
-    """The Ray modules in :data:`RAY_MODULES`' order (the others keep theirs): the least CPU-bound
-    first, beside the other worker's share of the suite, the cluster rehearsal last."""
+    """The Ray modules in :data:`RAY_MODULES`' order (the others keep theirs). Which goes first
+    barely matters: the other worker's CPU slows whichever runs beside it (docs/performance.md)."""
     rank = {name: i for i, name in enumerate(RAY_MODULES)}
     items.sort(key=lambda item: rank.get(item.path.stem, -1))
 
 
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory):
-    """One synthetic-data cache for the whole test session (generation runs once)."""
+    """One synthetic-data cache for the whole test session (generation runs once per xdist worker)."""
     return str(tmp_path_factory.mktemp("data_cache"))
 
 
