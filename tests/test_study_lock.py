@@ -31,6 +31,7 @@ import pytest
 from study.lock import LOCK_FILE, Held, Lease, LockError, hold_study, holder_record, study_holder
 from study.storage import experiment_exists
 from tests.standins import repo_env, standin_command
+from tests.test_fault_injection import kill_session
 from trainables.mlflow_layout import TAG_PARENT, TAG_ROLE, TAG_TRIAL_ID
 from trainables.mlflow_store import client_for
 
@@ -190,32 +191,6 @@ def _start(cwd: Path, log: str, *args: str, epoch_s: float) -> subprocess.Popen:
                             stdout=(cwd / log).open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _session(sid: int) -> list[int]:
-    out = []
-    for name in os.listdir("/proc"):
-        try:
-            if name.isdigit() and os.getsid(int(name)) == sid:
-                out.append(int(name))
-        except OSError:
-            pass
-    return out
-
-
-def _kill_driver(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
-    """SIGKILL the driver, as if its machine died; then what is left of its session after ``grace_s``
-    (Ray's own processes, which would idle on for up to ~20 s), by pid."""
-    proc.kill()
-    proc.wait(timeout=60)
-    deadline = time.monotonic() + grace_s
-    while _session(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for pid in _session(proc.pid):  # Ray processes of the killed driver that outlived the grace time
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def _wait_for(condition, what: str, timeout_s: float = TIMEOUT_S):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -262,7 +237,7 @@ def scenario(tmp_path_factory) -> Scenario:
         refused = [subprocess.CompletedProcess(p.args, p.wait(timeout=TIMEOUT_S), *p.communicate()) for p in others]
         assert first.poll() is None, "study A ended before the refusals were checked: make its trials slower"
     finally:
-        _kill_driver(first)
+        kill_session(first)  # the driver, as if its machine died; then what is left of its session
     left_lock = json.loads((cwd / "ray_results" / STUDY / LOCK_FILE).read_text())
     resumes = [_start(cwd, f"r{i}.log", "--resume", "--name", STUDY, epoch_s=0.1) for i in range(2)]
     for proc in resumes:
