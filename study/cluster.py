@@ -29,6 +29,8 @@ DRIVER_SLOTS = 1000  # "unlimited": the concurrency plan, not this resource, bou
 FALLBACK_DRIVER_CPU = 0.01
 # Held by the study that runs this machine's local Ray cluster (see local_cluster_slot).
 LOCAL_CLUSTER_LOCK = "mlclip-study-local-ray.lock"
+# Run by Ray in each worker process of a study (a module path: it imports nothing here).
+FULL_DISK_HOOK = "study.stop.quiet_full_disk_logs"
 
 # Environment for the driver process and every Ray worker (setdefault: the user's values win).
 RAY_ENV_DEFAULTS = {
@@ -154,12 +156,16 @@ def start_ray(address: Optional[str], num_cpus: Optional[int], env: dict[str, st
     import ray
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    runtime_env: dict = {"env_vars": env}
+    if not (address or "").startswith("ray://"):  # Ray Client runs no setup hook
+        # Every worker drops Ray's traceback of a full disk: the study says it in one line (study.stop).
+        runtime_env["worker_process_setup_hook"] = FULL_DISK_HOOK
     common = dict(
         logging_level=logging.WARNING,
         # Worker root loggers at WARNING: Ray Train logs every report (all metrics) at INFO.
         logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"),
         log_to_driver=True,
-        runtime_env={"env_vars": env},
+        runtime_env=runtime_env,
         ignore_reinit_error=True,
     )
     try:

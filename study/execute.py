@@ -2,7 +2,8 @@
 
 Interruption: Ctrl-C (SIGINT) and SIGTERM stop Tune gracefully (Tune saves its state); the
 console then prints the resume command. Trials already finished are kept; unfinished ones
-re-run on ``--resume`` (from their last Ray Train checkpoint).
+re-run on ``--resume`` (from their last Ray Train checkpoint). A full disk (the storage path, the
+data cache) stops the study the same way (:mod:`study.stop`), with one line naming it.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ from study.parent_run import (
     reopen_parent_run,
     start_parent_run,
 )
+from study.stop import StopWatch
 from trainables.atomic import atomic_file
-from trainables.errors import failure_reason, one_line
+from trainables.errors import failure_reason, is_out_of_space, named_out_of_space, naming_full, one_line, root_cause
 from trainables.mlflow_layout import BASE_CONFIG_FILE, SPACE_FILE
 from trainables.mlflow_store import TrackingError, client_for, sqlite_path
 from trainables.trial_run import TrackingInfo
@@ -66,13 +68,15 @@ def run_study(state: StudyState, space: SearchSpace, args: Any, fit: Callable) -
 
     resumed = bool(state.parent_run_id)
     client = client_for(state.tracking_uri)
+    watch = StopWatch(state.storage_path)
     try:
         start_ray(args.address, args.num_cpus, apply_env_defaults())
         if args.address:
             reclaim_cluster_resources()
         capacity = plan_resources(state, resumed)
         open_tracking(client, state, resumed)
-        save_state(state)
+        with naming_full("storage path", state.storage_path):
+            save_state(state)
         console.say(plan_text(state, space))
         for warning in cluster_warnings(state, args.address):
             console.say(f"  warning:  {warning}")
@@ -83,9 +87,14 @@ def run_study(state: StudyState, space: SearchSpace, args: Any, fit: Callable) -
         else:
             tuner = build_tuner(space, state, capacity, fit, args.verbose)
         started = time.monotonic()
-        results = fit_handling_signals(tuner)
+        with watch:
+            results = fit_handling_signals(tuner)
+        if watch.reason:
+            return stop_on_full_disk(client, state, watch.reason, args.address)
         return finish(client, state, space, results, time.monotonic() - started, args.address)
     except KeyboardInterrupt:
+        if watch.reason:  # the watch's interrupt came before or after Tune listened for it
+            return stop_on_full_disk(client, state, watch.reason, args.address)
         if not state.parent_run_id:
             console.say("\nInterrupted before the study started; nothing to resume.")
             return EXIT_INTERRUPTED
@@ -95,6 +104,11 @@ def run_study(state: StudyState, space: SearchSpace, args: Any, fit: Callable) -
     except (TrackingError, ClusterError):
         raise  # bad input: one line from study.run
     except Exception as err:  # noqa: BLE001 - Tune/Ray failure: one line and the way back
+        full = watch.reason or named_out_of_space(err)
+        if full is None and is_out_of_space(err):  # a disk no writer named (Ray's own, say): say what is known
+            full = f"out of disk space: {root_cause(err)}"
+        if full is not None:
+            return stop_on_full_disk(client, state, one_line(full), args.address)
         console.error(f"the study stopped: {failure_reason(err)}")
         details = save_traceback(err, Path(state.output_dir))
         if details:
@@ -132,6 +146,19 @@ def reclaim_cluster_resources() -> None:
     if released:
         console.say(f"  note:     released {len(released)} placement group(s) left by Ray jobs that no longer run "
                     "(a killed study's trials); their CPUs and GPUs were held")
+
+
+def stop_on_full_disk(client: Any, state: StudyState, reason: str, address: Optional[str]) -> int:
+    """End a study that stopped because a disk is full (``reason``: one line naming it, see
+    :mod:`study.stop`): no trial failed for it. The runs of the trials it interrupted end KILLED (a
+    resume re-opens them), so does the parent run; then one line says what is full and how to go
+    on. Exit code 1, as for any study that stopped after it started (2 is for input refused before)."""
+    if state.parent_run_id:
+        parent = TrackingInfo(state.tracking_uri, state.experiment_id, state.parent_run_id, "", "")
+        _safe(lambda: reconcile_children(client, parent, []), "mark the interrupted trials' runs KILLED")
+        _safe(lambda: close_parent_run(client, state.parent_run_id, "KILLED"), "mark the parent run KILLED")
+    console.error(f"{reason}; free space, then resume with: {resume_command(state, address)}")
+    return EXIT_FAILED
 
 
 def plan_resources(state: StudyState, resumed: bool) -> Capacity:

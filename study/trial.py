@@ -8,7 +8,9 @@ workers to Tune. The function itself holds no CPU (see :mod:`study.cluster`).
 
 Around the fit it keeps MLflow consistent: it opens (or re-attaches to) the trial's child
 run before the fit, so a failed trial is recorded with its params; it ends the run FAILED
-with the reason when the fit raises; and it marks the run completed when the fit returns.
+with the reason when the fit raises; and it marks the run completed when the fit returns. A fit
+that fails because a disk is full does not fail the trial: the trial asks the study to stop
+(:mod:`study.stop`) and is continued by ``--resume``.
 A trial that Tune restarts after ``--resume`` but that MLflow already records as completed
 (the driver was killed between the trial's end and Tune's next state snapshot) is not
 trained again: its final metrics are re-reported from MLflow.
@@ -24,8 +26,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from study.mlflow_runs import read_trial_run
 from study.parent_run import finish_if_running, mark_trial_completed
+from study.stop import ask_study_to_stop
 from trainables.config import TrialConfig
-from trainables.errors import failure_reason
+from trainables.errors import failure_reason, is_out_of_space, named_out_of_space, out_of_space_line
 from trainables.metric_names import source_name, with_logged_aliases
 from trainables.mlflow_layout import TAG_COMPLETED, trial_run_name
 from trainables.mlflow_store import client_for
@@ -53,6 +56,7 @@ class TrialContext:
     resources_per_worker: dict = field(default_factory=dict)
     metrics_first: tuple = ()
     objectives: tuple = ()  # metrics every result forwarded to Tune must carry
+    storage_path: str = ""  # the study's storage path, named when a trial finds it full
 
 
 class OrderedTuneReportCallback(TuneReportCallback):
@@ -117,7 +121,13 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         )
         check_final_metrics(result, ctx.objectives)
     except Exception as err:  # not SystemExit: that is Tune stopping the trial (ASHA, Ctrl-C)
-        end_trial_run(client, run_id, "FAILED", failure_reason(err))
+        reason = failure_reason(err)
+        if is_out_of_space(err):  # not the trial's fault: the study stops, and --resume continues it
+            storage = ctx.storage_path or ctx.train_storage
+            reason = named_out_of_space(err) or out_of_space_line("storage path", storage, err)
+            end_trial_run(client, run_id, "KILLED", reason)  # interrupted, as by Ctrl-C (a resume re-opens it)
+            ask_study_to_stop(reason)  # returns only if the study did not end this trial meanwhile
+        end_trial_run(client, run_id, "FAILED", reason)
         raise
     mark_trial_completed(client, run_id)
 

@@ -32,6 +32,7 @@ from study.storage import is_uri
 from study.trial import TrialContext, run_trial
 from trainables.metric_names import BIAS_METRIC, LOSS_METRIC, logged_name
 from trainables.mlflow_layout import COMPLETED, EARLY_STOPPED
+from trainables.storage_fs import storage_filesystem
 
 # First in each result a trial reports (Tune's progress.csv columns), under the short names the
 # MLflow UI shows too (the trials forward both names: study.trial).
@@ -61,6 +62,7 @@ def trial_context(state: StudyState, fit: Callable) -> TrialContext:
         resources_per_worker=resources,
         metrics_first=first,
         objectives=tuple(o["metric"] for o in state.objectives),
+        storage_path=state.storage_path,
     )
 
 
@@ -247,6 +249,7 @@ def build_tuner(space: SearchSpace, state: StudyState, capacity: Capacity, fit: 
     run_config = tune.RunConfig(
         name=state.name,
         storage_path=state.storage_path,
+        storage_filesystem=storage_filesystem(state.storage_path),  # whole files only: a full disk corrupts nothing
         verbose=0,  # Tune prints nothing of its own; StudyProgress prints the study's lines
         failure_config=tune.FailureConfig(max_failures=0),  # worker restarts happen inside Ray Train
         # Tune's CSV and JSON results (result.json, progress.csv), without its TensorBoard logger:
@@ -274,7 +277,7 @@ def can_restore(state: StudyState) -> bool:
     """Whether Tune saved an experiment state for this study."""
     from ray import tune
 
-    return tune.Tuner.can_restore(state.experiment_path)
+    return tune.Tuner.can_restore(state.experiment_path, storage_filesystem=storage_filesystem(state.storage_path))
 
 
 def restore_tuner(state: StudyState, capacity: Capacity, fit: Callable) -> Any:
@@ -288,4 +291,5 @@ def restore_tuner(state: StudyState, capacity: Capacity, fit: Callable) -> Any:
         resume_unfinished=True,
         resume_errored=False,
         restart_errored=False,
+        storage_filesystem=storage_filesystem(state.storage_path),  # Tune keeps none from the saved Tuner
     )

@@ -19,8 +19,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # (study.cluster.local_cluster_slot); the other tests are shared out beside them
 # (pytest_xdist_make_scheduler). A new module that starts Ray goes here (tests/test_structure.py checks).
 RAY_MODULES = (
-    "test_study_lock", "test_fault_injection", "test_trial_ray", "test_mlflow_ui", "test_study_e2e",
-    "test_cluster_rehearsal",
+    "test_study_lock", "test_storage_full", "test_fault_injection", "test_trial_ray", "test_mlflow_ui",
+    "test_study_e2e", "test_cluster_rehearsal",
 )
 # Beside a Ray trial (one thread per worker), a test's own torch threads would oversubscribe the
 # cores: one intra-op thread each while workers share the machine.

@@ -12,7 +12,7 @@ study's table, best config and figure mean something.
 
 Both are plain picklable objects: how long an epoch sleeps and above which ratio a trial fails
 travel with them to the Ray workers, with no environment switch. A study subprocess runs one
-with ``python -m tests.standins {direct,train} [--epoch-s S] [--fail-above R] STUDY-ARGS...``
+with ``python -m tests.standins {direct,train} [--epoch-s S] [--fail-above R] [--hold-dir DIR] STUDY-ARGS...``
 (:func:`standin_command`; :func:`repo_env` makes ``tests`` importable there and on the workers).
 """
 
@@ -78,13 +78,23 @@ def fake_metrics(config: TrialConfig, epoch: int) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Behaviour:
-    """What a stand-in epoch does: sleep ``epoch_s``; fail (non-finite loss) when ratio > ``fail_above``."""
+    """What a stand-in epoch does: with a ``hold_dir``, wait while a file ``hold.epoch{E}`` exists
+    there (at most 5 minutes; a test's way to act at a known point), then add a line to its
+    ``ran.epoch{E}`` (how often epoch E started); sleep ``epoch_s``; fail (non-finite loss) when
+    ratio > ``fail_above``."""
 
     epoch_s: float = 0.2
     fail_above: Optional[float] = None
+    hold_dir: Optional[str] = None
 
     def epoch(self, config: TrialConfig, epoch: int) -> dict[str, float]:
-        """Sleep, maybe fail, and return the epoch's fake metrics."""
+        """Maybe wait, sleep, maybe fail, and return the epoch's fake metrics."""
+        if self.hold_dir:
+            hold, deadline = Path(self.hold_dir) / f"hold.epoch{epoch}", time.monotonic() + 300
+            while hold.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with open(Path(self.hold_dir) / f"ran.epoch{epoch}", "a", encoding="utf-8") as ran:
+                ran.write(f"{config.ratio}\n")
         time.sleep(self.epoch_s)
         if self.fail_above is not None and config.ratio > self.fail_above:
             raise FakeTrialFailed(f"non-finite loss (nan) at epoch {epoch}")
@@ -185,8 +195,24 @@ class MarkingSession:
     def report(self, metrics: dict, state: Optional[dict]) -> None:
         self.inner.report(metrics, state)
         if self.stop_after is not None and int(metrics["epoch"]) >= self.stop_after:
+            _wait_registered(f"checkpoint_epoch_{int(metrics['epoch']):04d}")
             raise StandInInterrupt(f"stopped after epoch {int(metrics['epoch'])}, its checkpoint written")
         self._epoch_starts(int(metrics["epoch"]) + 1)
+
+
+def _wait_registered(checkpoint: str, timeout_s: float = 120.0) -> None:
+    """Wait until Ray Train's controller lists ``checkpoint`` in its run snapshot (a local storage path).
+
+    A worker that fails right after its report races the controller: a failure seen before every
+    rank's report is registered loses the checkpoint (Ray Train tears the group down, rank 0 maybe
+    still copying it). Stopping only once it is registered makes "stopped after epoch E" exact.
+    """
+    import ray.train
+
+    snapshot = Path(ray.train.get_context().get_storage().checkpoint_manager_snapshot_path)  # DeveloperAPI
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not (snapshot.is_file() and checkpoint in snapshot.read_text(errors="ignore")):
+        time.sleep(0.05)
 
 
 class StandInInterrupt(RuntimeError):
@@ -219,9 +245,11 @@ def repo_env(env: dict) -> dict:
     return {**env, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
 
 
-def standin_command(kind: str, *study_args: str, epoch_s: float = 0.2, fail_above: Optional[float] = None) -> list[str]:
+def standin_command(kind: str, *study_args: str, epoch_s: float = 0.2, fail_above: Optional[float] = None,
+                    hold_dir: Optional[str] = None) -> list[str]:
     """The command line of a study whose trials are stand-ins of ``kind`` (``direct`` or ``train``)."""
     extra = ["--fail-above", str(fail_above)] if fail_above is not None else []
+    extra += ["--hold-dir", hold_dir] if hold_dir is not None else []
     return [sys.executable, "-m", "tests.standins", kind, "--epoch-s", str(epoch_s), *extra, *study_args]
 
 
@@ -231,10 +259,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("kind", choices=sorted(STANDINS))
     parser.add_argument("--epoch-s", type=float, default=0.2)
     parser.add_argument("--fail-above", type=float)
+    parser.add_argument("--hold-dir")
     args, study_args = parser.parse_known_args(argv)
     from study.run import main as study_main
 
-    fit = STANDINS[args.kind](Behaviour(args.epoch_s, args.fail_above))
+    fit = STANDINS[args.kind](Behaviour(args.epoch_s, args.fail_above, args.hold_dir))
     return study_main(study_args, fit=fit)
 
 

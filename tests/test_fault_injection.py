@@ -306,11 +306,13 @@ def study_env() -> dict:
     return repo_env(env)
 
 
-def start_study(cwd: Path, log: Path, *args: str, fail_above: float | None = None, kind: str = "train") -> subprocess.Popen:
-    """A study of 1-second stand-in epochs, on the real TorchTrainer (``kind`` "train") or without
+def start_study(cwd: Path, log: Path, *args: str, fail_above: float | None = None, kind: str = "train",
+                epoch_s: float = 1, hold_dir: str | None = None) -> subprocess.Popen:
+    """A study of stand-in epochs (1 s each) on the real TorchTrainer (``kind`` "train") or without
     Ray Train ("direct"), in ``cwd``, as its own session (so its Ray cluster can be found)."""
-    return subprocess.Popen(standin_command(kind, *args, epoch_s=1, fail_above=fail_above), cwd=cwd,
-                            env=study_env(), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    command = standin_command(kind, *args, epoch_s=epoch_s, fail_above=fail_above, hold_dir=hold_dir)
+    return subprocess.Popen(command, cwd=cwd, env=study_env(), stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def completed_trials(cwd: Path) -> list[str]:
@@ -395,10 +397,10 @@ def _sid(pid: int) -> int:
         return -1
 
 
-def mlflow_state(cwd: Path) -> dict:
+def mlflow_state(cwd: Path, study: str = STUDY) -> dict:
     """The study's MLflow runs: parents (list) and children by trial id (lists, to expose duplicates)."""
     client = client_for(f"sqlite:///{cwd / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(STUDY)
+    experiment = client.get_experiment_by_name(study)
     parents = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{TAG_ROLE}` = 'study'")
     children: dict[str, list] = {}
     for run in client.search_runs([experiment.experiment_id], filter_string=f"tags.`{TAG_ROLE}` = 'trial'"):

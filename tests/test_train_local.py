@@ -84,3 +84,37 @@ def test_a_checkpoint_of_other_settings_is_refused_not_continued(tiny_config, tm
     assert resume_differences(saved, tiny_config.replace(epochs=1, num_workers=2, data_cache=str(tmp_path))) == []
     assert resume_differences(saved, tiny_config.replace(epochs=1, ratio=0.25, seed=3)) == [
         "ratio (0.5 -> 0.25)", "seed (0 -> 3)"]
+
+
+class _NoSharedCopy:
+    """A Ray Train checkpoint whose shared temporary copy (``as_directory``) must not be used."""
+
+    def __init__(self, checkpoint):
+        self._checkpoint = checkpoint
+
+    def __getattr__(self, name):
+        return getattr(self._checkpoint, name)
+
+    def as_directory(self):
+        raise AssertionError("as_directory shares one temporary folder among a node's ranks")
+
+
+@pytest.mark.parametrize("whole_files", [True, False], ids=["local-whole-files", "other-filesystem"])
+def test_a_ray_worker_reads_its_checkpoint_without_a_folder_shared_with_other_ranks(tmp_path, monkeypatch, whole_files):
+    """Each rank of a resumed Ray trial reads the checkpoint in place (a local storage path) or from
+    a copy of its own (any other file system): Ray's shared copy races between ranks."""
+    import pyarrow.fs
+    import ray.train
+
+    from trainables.session import RaySession, save_checkpoint
+    from trainables.storage_fs import storage_filesystem
+
+    stored = tmp_path / "checkpoint_epoch_0001"
+    stored.mkdir()
+    save_checkpoint({"epoch": 1, "weights": torch.arange(4.0)}, stored)
+    filesystem = storage_filesystem(str(tmp_path)) if whole_files else pyarrow.fs.SubTreeFileSystem("/", pyarrow.fs.LocalFileSystem())
+    checkpoint = _NoSharedCopy(ray.train.Checkpoint(str(stored), filesystem=filesystem))
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: checkpoint)
+    state = RaySession.__new__(RaySession).latest_state()  # no train context needed to read
+    assert state["epoch"] == 1 and torch.equal(state["weights"], torch.arange(4.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch_0001"]  # nothing left beside it

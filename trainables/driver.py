@@ -40,12 +40,15 @@ def build_trainer(config: TrialConfig, *, name: str, storage_path: str, tracking
 
     ``config.num_workers`` workers (1 CPU each, plus 1 GPU each with ``use_gpu``),
     gloo on CPU and NCCL on GPU; ``max_failures`` restarts of the worker group from
-    the latest checkpoint; the two newest checkpoints are kept. ``train_loop`` is the
+    the latest checkpoint; the two newest checkpoints are kept; a local ``storage_path`` is
+    written in whole files only (:mod:`trainables.storage_fs`). ``train_loop`` is the
     per-worker function; it receives ``{"config": TrialConfig, "tracking": TrackingInfo | None}``
     (default :func:`ray_worker_entry`, which trains; another one, e.g. a test's, may wrap it).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from trainables.storage_fs import storage_filesystem  # imports pyarrow: the CLI imports this module, needs none
 
     return TorchTrainer(
         train_loop,
@@ -59,6 +62,7 @@ def build_trainer(config: TrialConfig, *, name: str, storage_path: str, tracking
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
+            storage_filesystem=storage_filesystem(storage_path),  # whole files only: a full disk corrupts nothing
             callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),

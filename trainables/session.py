@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 
 from trainables.atomic import atomic_file
+from trainables.errors import naming_full
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -121,7 +122,8 @@ class RaySession(Session):
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(state, Path(tmp))
+            with naming_full("temporary folder", tmp):  # this node's own disk, not the storage path
+                save_checkpoint(state, Path(tmp))
             epoch = int(metrics.get("epoch", 0))
             ray.train.report(
                 metrics,
@@ -132,8 +134,17 @@ class RaySession(Session):
     def latest_state(self) -> Optional[dict[str, Any]]:
         import ray.train
 
+        from trainables.storage_fs import is_whole_files  # imports pyarrow, which Ray brings
+
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        with checkpoint.as_directory() as directory:
-            return load_checkpoint(directory)
+        if is_whole_files(checkpoint.filesystem):
+            # A local storage path written in whole files (trainables.storage_fs) is read in place.
+            return load_checkpoint(Path(checkpoint.path))
+        # Elsewhere (an object store), each rank copies it into a folder of its own. Not through
+        # Checkpoint.as_directory: it shares one temporary folder among the ranks of a node, and a
+        # rank arriving after another's copy copies again into the folder the other is reading
+        # (seen as a corrupt 2-worker resume: "PytorchStreamReader failed reading file").
+        with tempfile.TemporaryDirectory() as tmp:
+            return load_checkpoint(checkpoint.to_directory(tmp))

@@ -34,6 +34,7 @@ from trainables.data.sources import check_eval_data, load_train_set
 from trainables.data.synthetic import cache_root
 from trainables.data.types import ImageCaptionSet
 from trainables.data.xtd import load_xtd
+from trainables.errors import is_out_of_space, naming_full
 from trainables.evaluate import embed_dataset, evaluate_embeddings
 from trainables.languages import LANGUAGES
 from trainables.loss import clamp_logit_scale_, make_clip_loss
@@ -294,21 +295,26 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
     saved = session.latest_state()
     check_resumable(saved, config)
 
-    # --- data: the raw split first, since the corpus tokenizer is trained on its captions
-    train_raw, eval_set = load_datasets(config)
+    # --- data: the raw split first, since the corpus tokenizer is trained on its captions; what is
+    # written meanwhile goes to the data cache, which a full disk names (trainables.errors.naming_full)
+    cache = str(cache_root(config))
+    with naming_full("data_cache", cache):
+        train_raw, eval_set = load_datasets(config)
     # evaluations before the last epoch rank the first images of the test split only (the learning
     # curve, at a fraction of the cost); the last one ranks them all (the objective, per-query arrays)
     intermediate_set = first_images(eval_set, config.intermediate_eval_images)
     # the captions' digest keys both the tokenizer cache and the tokenised-set cache: computed once
     digest = captions_digest(train_raw.captions) if train_raw is not None else None
-    tokenizer = make_tokenizer(config, train_raw.captions if train_raw is not None else None, digest)
+    with naming_full("data_cache", cache):
+        tokenizer = make_tokenizer(config, train_raw.captions if train_raw is not None else None, digest)
 
     # --- model: the same seed on every rank, so every rank builds the same model
     torch.manual_seed(config.seed)
     bundle = build_model(config, device=session.device, tokenizer=tokenizer)
 
     # --- tokenised once and cached (or streamed per rank); the composer decides (sample, language) per step
-    data = train_set(config, train_raw, tokenizer, session.rank, session.world_size, digest)
+    with naming_full("data_cache", cache):
+        data = train_set(config, train_raw, tokenizer, session.rank, session.world_size, digest)
     truncated = float(getattr(data, "truncated_share", 0.0))
     if truncated > 0 and session.rank == 0:
         log.warning("context_length=%d cuts off %.1f%% of the training captions (data/truncated_share); the "
@@ -347,7 +353,8 @@ def train_worker(config: TrialConfig, session: Session, tracking=None) -> list[d
             reports.append(metrics)
             state.epoch += 1
     except BaseException as err:
-        run.finish("FAILED", reason=f"{type(err).__name__}: {err}")
+        # a full disk is no failure of the trial: its study stops and a resume continues it (study.stop)
+        run.finish("KILLED" if is_out_of_space(err) else "FAILED", reason=f"{type(err).__name__}: {err}")
         raise
     run.finish("FINISHED")
     return reports

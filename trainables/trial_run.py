@@ -42,8 +42,8 @@ from trainables.mlflow_layout import (
     TAG_TRIAL_ID,
     mlflow_metric_key,
 )
-from trainables.errors import one_line
-from trainables.mlflow_store import TrackingError, client_for, fetch_artifact
+from trainables.errors import naming_full, one_line
+from trainables.mlflow_store import TrackingError, client_for, fetch_artifact, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -248,10 +248,17 @@ class TrialRun:
         shown = clean_metrics(names.headline_metrics(values, keep=self.info.keep_metrics))
         batch = [Metric(k, v, now, step) for k, v in shown.items()]
         # ~50 metrics and the epochs-done tag: one batch (MLflow takes up to 1000)
-        self._client.log_batch(self.run_id, metrics=batch, tags=[RunTag(TAG_EPOCHS_DONE, str(int(epoch)))])
+        with self._naming_full():
+            self._client.log_batch(self.run_id, metrics=batch, tags=[RunTag(TAG_EPOCHS_DONE, str(int(epoch)))])
         self._full_rows += [(step, k, v) for k, v in sorted(values.items())]
         self._log_full_metrics()
         self._last_epoch = int(epoch)
+
+    def _naming_full(self):
+        """A full disk met while logging names the MLflow store (its sqlite file, else its URI), not the
+        study's storage path (:func:`trainables.errors.naming_full`)."""
+        db = sqlite_path(self.info.tracking_uri)
+        return naming_full("MLflow store", str(db) if db is not None else self.info.tracking_uri)
 
     def _log_full_metrics(self) -> None:
         """(Re)write :data:`FULL_METRICS_FILE` with every row so far: one small file, readable with pandas."""
@@ -261,7 +268,8 @@ class TrialRun:
                 writer = csv.writer(out)
                 writer.writerow(["step", "name", "value"])
                 writer.writerows((step, name, repr(value)) for step, name, value in self._full_rows)
-            self._client.log_artifact(self.run_id, str(path))
+            with self._naming_full():
+                self._client.log_artifact(self.run_id, str(path))
 
     def _logged_rows(self) -> list[tuple[int, str, float]]:
         """The rows an earlier attempt of this trial wrote (a restarted trial continues the file).
@@ -289,7 +297,8 @@ class TrialRun:
             return
         with tempfile.TemporaryDirectory() as folder:
             path = per_query.write(Path(folder) / PER_QUERY_FILE, arrays)
-            self._client.log_artifact(self.run_id, str(path))
+            with self._naming_full():
+                self._client.log_artifact(self.run_id, str(path))
 
     def finish(self, status: str = "FINISHED", reason: Optional[str] = None) -> None:
         """End the run: FINISHED, or FAILED/KILLED with ``reason`` as the ``mlclip.failure_reason`` tag."""

@@ -14,7 +14,7 @@ from study.preflight import PreflightError, is_local_path
 from study.spaces import SearchSpace, SpaceError, read_space
 from study.storage import check_folder_writable
 from trainables.config import ConfigError
-from trainables.errors import one_line
+from trainables.errors import free_bytes, one_line, size_text
 from trainables.mlflow_store import TrackingError, sqlite_path
 
 # TrialConfig fields that name files or folders: always paths (but "synthetic"), or paths only
@@ -68,7 +68,8 @@ def check_output_dir(path: str) -> None:
 
 
 def check_data_cache(base: dict) -> None:
-    """The trials' data cache (synthetic data, tokenizers) must be writable; nothing created."""
+    """The trials' data cache (synthetic data, tokenizers) must be writable, and hold the synthetic
+    data set the trials will generate into it (:func:`check_cache_room`); nothing created."""
     from trainables.data.synthetic import cache_root  # imports torch: see check_data_paths_exist
 
     if "data_cache" not in base:  # searched: each value is the trial's own business
@@ -78,6 +79,27 @@ def check_data_cache(base: dict) -> None:
         check_folder_writable(folder)
     except OSError as err:
         raise PreflightError(f"data_cache {folder} is not writable: {one_line(err)}") from None
+    check_cache_room(base, folder)
+
+
+_SYNTHETIC_FIELDS = ("synthetic_train_size", "synthetic_test_size", "image_size", "data_seed")
+
+
+def check_cache_room(base: dict, folder: Path) -> None:
+    """A data cache whose disk cannot hold the synthetic data set still to be generated is refused:
+    every trial would fail writing it. The size is a lower bound
+    (:func:`trainables.data.synthetic.cache_bytes_floor`), so a refusal is certain; a cache that
+    passes can still fill later, which stops the study with one line (:mod:`study.stop`)."""
+    from trainables.data.synthetic import cache_bytes_floor  # imports torch: see check_data_paths_exist
+
+    if base.get("train_data") != "synthetic" or any(f not in base for f in _SYNTHETIC_FIELDS):
+        return  # real data, or sizes searched: each trial generates its own
+    need = cache_bytes_floor(SimpleNamespace(data_cache=str(folder), **{f: base[f] for f in _SYNTHETIC_FIELDS}))
+    free = free_bytes(str(folder))
+    if need and free is not None and free < need:
+        raise PreflightError(f"data_cache {folder} has too little room ({size_text(free)} free): the synthetic data "
+                             f"set of this study needs at least {size_text(need)} there; free space, or give another "
+                             "folder with --set data_cache=DIR")
 
 
 def check_eval_folder(base: dict) -> None:
