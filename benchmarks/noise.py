@@ -51,6 +51,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "t0.01": {"temperature": 0.01},
     "t0.01-s300": {"temperature": 0.01, "steps_per_epoch": 60, "warmup_steps": 60},
     "t0.01-b128-s200": {"temperature": 0.01, "batch_size": 128, "steps_per_epoch": 40, "warmup_steps": 40},
+    # the default's cost, less optimiser noise: half the learning rate; the temperature held at 0.07
+    "lr5e-4": {"lr": 5e-4},
+    "fixed-t": {"learn_temperature": False},
 }
 RATIOS = (0.0, 0.5, 1.0)
 OBJECTIVE = "map100/multilingual"

@@ -40,7 +40,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from study import run as study_run
 from study import prepare
