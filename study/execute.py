@@ -54,7 +54,8 @@ from study.parent_run import (
 )
 from study.stop import StopWatch
 from trainables.atomic import atomic_file
-from trainables.errors import failure_reason, is_out_of_space, named_out_of_space, naming_full, one_line, root_cause
+from trainables.errors import (failure_reason, is_out_of_space, named_out_of_space, naming_full, nearly_full, one_line,
+                               out_of_space_line)
 from trainables.mlflow_layout import BASE_CONFIG_FILE, SPACE_FILE
 from trainables.mlflow_store import TrackingError, client_for, sqlite_path
 from trainables.trial_run import TrackingInfo
@@ -82,10 +83,11 @@ def run_study(state: StudyState, space: SearchSpace, args: Any, fit: Callable) -
             console.say(f"  warning:  {warning}")
         console.say(f"  parent:   MLflow experiment {state.name!r} ({state.experiment_id}), run {state.parent_run_id}")
         console.say(f"  UI:       {console.mlflow_ui_command(state.tracking_uri, state.experiment_id, state.parent_run_id)}\n")
-        if resumed and can_restore(state):
-            tuner = restore_tuner(state, capacity, fit)
-        else:
-            tuner = build_tuner(space, state, capacity, fit, args.verbose)
+        with naming_full("storage path", state.storage_path):  # Tune writes tuner.pkl there
+            if resumed and can_restore(state):
+                tuner = restore_tuner(state, capacity, fit)
+            else:
+                tuner = build_tuner(space, state, capacity, fit, args.verbose)
         started = time.monotonic()
         with watch:
             results = fit_handling_signals(tuner)
@@ -105,8 +107,8 @@ def run_study(state: StudyState, space: SearchSpace, args: Any, fit: Callable) -
         raise  # bad input: one line from study.run
     except Exception as err:  # noqa: BLE001 - Tune/Ray failure: one line and the way back
         full = watch.reason or named_out_of_space(err)
-        if full is None and is_out_of_space(err):  # a disk no writer named (Ray's own, say): say what is known
-            full = f"out of disk space: {root_cause(err)}"
+        if full is None and is_out_of_space(err) and nearly_full(state.storage_path):  # Ray's own write, say
+            full = out_of_space_line("storage path", state.storage_path, err)
         if full is not None:
             return stop_on_full_disk(client, state, one_line(full), args.address)
         console.error(f"the study stopped: {failure_reason(err)}")

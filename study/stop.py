@@ -145,8 +145,10 @@ class StopWatch:
                 mailbox = ray.get_actor(MAILBOX)
             except ValueError:  # no trial asked
                 continue
-            except Exception:  # noqa: BLE001 - Ray going down: nothing more to watch
-                return
+            except Exception:  # noqa: BLE001 - Ray going down (nothing more to watch), or a slow GCS: look again
+                if not ray.is_initialized():
+                    return
+                continue
             try:
                 reason = ray.get(mailbox.first.remote(), timeout=30)
             except Exception:  # noqa: BLE001 - the asking trial ended meanwhile: look again

@@ -18,6 +18,7 @@ trained again: its final metrics are re-reported from MLflow.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -28,11 +29,13 @@ from study.mlflow_runs import read_trial_run
 from study.parent_run import finish_if_running, mark_trial_completed
 from study.stop import ask_study_to_stop
 from trainables.config import TrialConfig
-from trainables.errors import failure_reason, is_out_of_space, named_out_of_space, out_of_space_line
+from trainables.errors import failure_reason, is_out_of_space, named_out_of_space, nearly_full, one_line, out_of_space_line
 from trainables.metric_names import source_name, with_logged_aliases
 from trainables.mlflow_layout import TAG_COMPLETED, trial_run_name
-from trainables.mlflow_store import client_for
+from trainables.mlflow_store import client_for, store_place
 from trainables.trial_run import TrackingInfo, end_trial_run, open_trial_run
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,12 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     )
     client = client_for(ctx.tracking_uri)
     trial_config = TrialConfig.from_dict({**ctx.base_config, **config})
-    run = open_trial_run(client, info, trial_config)
+    try:
+        run = open_trial_run(client, info, trial_config)
+    except Exception as err:
+        if is_out_of_space(err):  # the MLflow store's disk is full: the study stops (a resume opens the run)
+            ask_study_to_stop(out_of_space_line("MLflow store", store_place(ctx.tracking_uri), err))
+        raise
     run_id = run.info.run_id
     if run.data.tags.get(TAG_COMPLETED) == "true":
         _replay_completed(client, run_id, ctx)
@@ -122,14 +130,28 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         check_final_metrics(result, ctx.objectives)
     except Exception as err:  # not SystemExit: that is Tune stopping the trial (ASHA, Ctrl-C)
         reason = failure_reason(err)
-        if is_out_of_space(err):  # not the trial's fault: the study stops, and --resume continues it
-            storage = ctx.storage_path or ctx.train_storage
-            reason = named_out_of_space(err) or out_of_space_line("storage path", storage, err)
-            end_trial_run(client, run_id, "KILLED", reason)  # interrupted, as by Ctrl-C (a resume re-opens it)
+        full = named_out_of_space(err)  # a writer that named its place (data cache, MLflow store)
+        storage = ctx.storage_path or ctx.train_storage
+        if full is None and is_out_of_space(err) and nearly_full(storage):  # Ray's own write, say
+            full = out_of_space_line("storage path", storage, err)
+        if full is not None:  # not the trial's fault: the study stops, and --resume continues it
+            reason = full
+            # interrupted, as by Ctrl-C (a resume re-opens it); the store may sit on the full disk, and
+            # the driver marks a run left RUNNING KILLED when it stops (study.execute.stop_on_full_disk)
+            _end_run_if_possible(client, run_id, "KILLED", reason)
             ask_study_to_stop(reason)  # returns only if the study did not end this trial meanwhile
-        end_trial_run(client, run_id, "FAILED", reason)
+        _end_run_if_possible(client, run_id, "FAILED", reason)
         raise
     mark_trial_completed(client, run_id)
+
+
+def _end_run_if_possible(client: Any, run_id: str, status: str, reason: str) -> None:
+    """End the trial's run; where the store cannot take it (its disk full, the server down), say so
+    in the log and go on: the trial's own error, raised next, is what Tune must see."""
+    try:
+        end_trial_run(client, run_id, status, reason)
+    except Exception as err:  # noqa: BLE001 - logged; the driver closes runs left RUNNING
+        log.warning("could not mark MLflow run %s %s: %s", run_id, status, one_line(str(err)))
 
 
 class MissingObjective(RuntimeError):

@@ -52,7 +52,7 @@ from tests.test_fault_injection import (
     wait_for,
 )
 from tests.test_study_cli import _fails
-from trainables.errors import OutOfSpace, TrialFailed, is_out_of_space, named_out_of_space
+from trainables.errors import OutOfSpace, TrialFailed, is_out_of_space, named_out_of_space, one_line
 from trainables.metric_names import LOSS_METRIC, logged_name
 from trainables.mlflow_layout import TAG_EPOCHS_DONE
 
@@ -396,3 +396,81 @@ def test_a_full_disk_is_found_inside_ray_trains_errors():
     assert is_out_of_space(controller) and named_out_of_space(controller) is None  # the trial names the storage
     assert is_out_of_space(RuntimeError("OSError: [Errno 28] Error writing bytes to file. Detail: [errno 28] No space"))
     assert not is_out_of_space(TrialFailed("NonFiniteLossError: non-finite training loss in epoch 1"))
+
+
+# ---------------------------------------------------------------------------
+# the Tune function's side, without Ray: which full disk stops the study
+# ---------------------------------------------------------------------------
+class _Store:
+    """An MLflow client whose writes all fail as SQLite's do on a full disk (``full``), else succeed."""
+
+    def __init__(self, full: bool):
+        self.full, self.ended = full, []
+
+    def set_tag(self, run_id, key, value):
+        if self.full:
+            raise RuntimeError("(sqlite3.OperationalError) database or disk is full")
+
+    def set_terminated(self, run_id, status=None, end_time=None):
+        if self.full:
+            raise RuntimeError("(sqlite3.OperationalError) database or disk is full")
+        self.ended.append(status)
+
+
+def _run_trial(monkeypatch, storage: Path, error: BaseException, store: _Store) -> list[str]:
+    """Run ``study.trial.run_trial`` on a fit that raises ``error``, with ``store`` as its MLflow
+    client; return the reasons it asked the study to stop with."""
+    import types
+
+    import study.trial as trial
+    from trainables.config import TrialConfig
+
+    asked = []
+    run = types.SimpleNamespace(info=types.SimpleNamespace(run_id="run-1"), data=types.SimpleNamespace(tags={}))
+    monkeypatch.setattr(trial.ray.tune, "get_context", lambda: types.SimpleNamespace(get_trial_id=lambda: "t1"))
+    monkeypatch.setattr(trial, "client_for", lambda uri: store)
+    monkeypatch.setattr(trial, "open_trial_run", lambda client, info, config: run)
+    monkeypatch.setattr(trial, "ask_study_to_stop", asked.append)
+    monkeypatch.setattr(trial, "OrderedTuneReportCallback", lambda *args: None)  # needs a Tune session
+
+    def fit(*args, **kwargs):
+        raise error
+
+    ctx = trial.TrialContext(study_name="s", base_config=TrialConfig().to_dict(), fit=fit, train_storage=str(storage),
+                             tracking_uri="sqlite:////nowhere/mlflow.db", experiment_id="1", parent_run_id="p",
+                             storage_path=str(storage))
+    with pytest.raises(type(error)) as raised:
+        trial.run_trial({"ratio": 0.5}, ctx)
+    assert raised.value is error  # the trial's own error reaches Tune, not the store's
+    return asked
+
+
+def test_a_trial_whose_mlflow_store_is_full_still_asks_the_study_to_stop(monkeypatch, tmp_path):
+    # the default layout: the MLflow store beside the storage path, on the disk that filled
+    line = "MLflow store /nowhere/mlflow.db is full (0 B free): OSError: [Errno 28] No space left on device"
+    store = _Store(full=True)
+    assert _run_trial(monkeypatch, tmp_path, OutOfSpace(line), store) == [line]  # the run could not be ended: asked anyway
+
+
+def test_a_full_disk_elsewhere_fails_the_trial_instead_of_stopping_the_study(monkeypatch, tmp_path):
+    import collections
+
+    import trainables.errors as errors
+
+    shm = RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2>: No space left on device (28)")
+    usage = collections.namedtuple("usage", "total used free")
+    roomy, full = usage(100 << 30, 50 << 30, 50 << 30), usage(100 << 30, (100 << 30) - 4096, 4096)
+    monkeypatch.setattr(errors.shutil, "disk_usage", lambda path: roomy)  # the storage path has room
+    store = _Store(full=False)
+    assert _run_trial(monkeypatch, tmp_path, shm, store) == []  # not the study's disk: no stop
+    assert store.ended == ["FAILED"]  # the trial fails with its reason, as any error
+    monkeypatch.setattr(errors.shutil, "disk_usage", lambda path: full)  # the same error, the storage path full
+    store = _Store(full=False)
+    asked = _run_trial(monkeypatch, tmp_path, shm, store)
+    assert asked == [f"storage path {tmp_path} is full (4.0 KiB free): RuntimeError: {one_line(str(shm))}"]
+    assert store.ended[0] == "KILLED"
+
+
+def test_a_spent_disk_quota_is_a_full_disk():
+    assert is_out_of_space(OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)))
+    assert is_out_of_space(RuntimeError("IOError: [errno 122] Disk quota exceeded"))

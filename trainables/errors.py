@@ -79,10 +79,19 @@ def _last_error_line(err: BaseException) -> str:
 # ---------------------------------------------------------------------------
 # A full file system
 # ---------------------------------------------------------------------------
-# How ENOSPC reads once a library has turned it into text: strerror(ENOSPC) on Linux and macOS,
-# pyarrow's "[errno 28]" (its OSError keeps the errno, but Ray's wrappers keep only the text), and
-# SQLite's SQLITE_FULL.
-_FULL_TEXT = re.compile(r"No space left on device|\[errno 28\]|database or disk is full", re.IGNORECASE)
+# How ENOSPC (and EDQUOT, a quota spent: the same for a writer) reads once a library has turned it
+# into text: strerror on Linux and macOS, pyarrow's "[errno 28]" (its OSError keeps the errno, but
+# Ray's wrappers keep only the text), and SQLite's SQLITE_FULL.
+_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|\[errno (28|122)\]|database or disk is full",
+                        re.IGNORECASE)
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# An error that names no place (Ray's own write into the storage path, say) is taken for a full
+# storage path only if that path's file system is nearly full when the error is seen: ENOSPC also
+# comes from places that are not the study's (a full /dev/shm, the inotify watch limit), and
+# stopping the study for those, naming a disk with room, would stop every resume again. The margin
+# allows for what a failed writer removed after the error (a checkpoint's temporary file).
+NEARLY_FULL_BYTES = 1 << 30
+NEARLY_FULL_SHARE = 0.02
 
 
 class OutOfSpace(RuntimeError):
@@ -118,12 +127,12 @@ def is_out_of_space(err: BaseException) -> bool:
     """Whether ``err`` comes from a write that found its file system full: an :class:`OutOfSpace`, an
     ``OSError`` with errno ENOSPC, or (once Ray or pyarrow has wrapped it) their text, anywhere in
     its chain (:func:`_chain`)."""
-    return any(isinstance(e, OutOfSpace) or (isinstance(e, OSError) and e.errno == errno.ENOSPC)
+    return any(isinstance(e, OutOfSpace) or (isinstance(e, OSError) and e.errno in _FULL_ERRNOS)
                or mentions_full_disk(str(e)) for e in _chain(err))
 
 
 def mentions_full_disk(text: str) -> bool:
-    """Whether ``text`` (an error message, a traceback printed into a log line) reports ENOSPC."""
+    """Whether ``text`` (an error message, a traceback printed into a log line) reports ENOSPC or EDQUOT."""
     return bool(_FULL_TEXT.search(text))
 
 
@@ -142,18 +151,32 @@ def size_text(n_bytes: float) -> str:
     return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
 
 
-def free_bytes(path: str) -> Optional[int]:
-    """The free bytes of the file system that holds ``path`` (or would: its deepest existing folder);
-    None for a URI or where it cannot be read."""
+def _disk_usage(path: str):
+    """``shutil.disk_usage`` of the file system that holds ``path`` (or would: its deepest existing
+    folder); None for a URI or where it cannot be read."""
     if "://" in path and not path.startswith("file://"):
         return None
     folder = Path(path[len("file://"):] if path.startswith("file://") else path)
     while not folder.exists() and folder.parent != folder:
         folder = folder.parent
     try:
-        return shutil.disk_usage(folder).free
+        return shutil.disk_usage(folder)
     except OSError:
         return None
+
+
+def free_bytes(path: str) -> Optional[int]:
+    """The free bytes of the file system that holds ``path`` (or would: its deepest existing folder);
+    None for a URI or where it cannot be read."""
+    usage = _disk_usage(path)
+    return None if usage is None else usage.free
+
+
+def nearly_full(path: str) -> bool:
+    """Whether the file system of ``path`` has less than :data:`NEARLY_FULL_BYTES` or
+    :data:`NEARLY_FULL_SHARE` of its size free (False for a URI or where it cannot be read)."""
+    usage = _disk_usage(path)
+    return usage is not None and usage.free < max(NEARLY_FULL_BYTES, NEARLY_FULL_SHARE * usage.total)
 
 
 def free_space(path: str) -> str:
@@ -166,7 +189,7 @@ def out_of_space_line(place: str, path: str, err: BaseException) -> str:
     """``PLACE PATH is full (N free): CAUSE``, one line; ``CAUSE`` is the failed write as
     :func:`root_cause` words it: the ENOSPC ``OSError`` itself where the chain holds one, rather
     than the wrappers around it."""
-    full = next((e for e in _chain(err) if isinstance(e, OSError) and e.errno == errno.ENOSPC), err)
+    full = next((e for e in _chain(err) if isinstance(e, OSError) and e.errno in _FULL_ERRNOS), err)
     return one_line(f"{place} {path} is full ({free_space(path)} free): {root_cause(full)}")
 
 

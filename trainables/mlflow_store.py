@@ -61,6 +61,12 @@ def sqlite_path(uri: str) -> Optional[Path]:
     return Path(path) if path and path != ":memory:" else None
 
 
+def store_place(uri: str) -> str:
+    """How an error line names the store of ``uri``: its sqlite file, else the URI."""
+    db = sqlite_path(uri)
+    return str(db) if db is not None else uri
+
+
 def prepare_store(uri: str) -> None:
     """Create a missing sqlite tracking database whole, so nobody sees it half-built.
 

@@ -43,7 +43,7 @@ from trainables.mlflow_layout import (
     mlflow_metric_key,
 )
 from trainables.errors import naming_full, one_line
-from trainables.mlflow_store import TrackingError, client_for, fetch_artifact, sqlite_path
+from trainables.mlflow_store import TrackingError, client_for, fetch_artifact, store_place
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +257,7 @@ class TrialRun:
     def _naming_full(self):
         """A full disk met while logging names the MLflow store (its sqlite file, else its URI), not the
         study's storage path (:func:`trainables.errors.naming_full`)."""
-        db = sqlite_path(self.info.tracking_uri)
-        return naming_full("MLflow store", str(db) if db is not None else self.info.tracking_uri)
+        return naming_full("MLflow store", store_place(self.info.tracking_uri))
 
     def _log_full_metrics(self) -> None:
         """(Re)write :data:`FULL_METRICS_FILE` with every row so far: one small file, readable with pandas."""
