@@ -381,6 +381,34 @@ def test_whole_files_keep_the_last_whole_file_when_the_disk_fills(tmp_path):
         assert (storage / "state.json").read_text() == (source / "state.json").read_text()
 
 
+def test_a_torn_copy_of_a_state_file_never_replaces_the_last_whole_one(tmp_path):
+    """Tune rewrites its experiment state in its staging folder while a background copy of the last
+    version may read it: the copy can be empty or cut (on a full disk only an empty one fits, as a
+    fresh-clone run of test_a_full_storage_path_corrupts_no_state found). The store keeps the last
+    whole file; a whole one replaces it as before."""
+    import pickle
+
+    import pyarrow.fs
+
+    from trainables.storage_fs import storage_filesystem
+
+    storage, source = tmp_path / "storage", tmp_path / "staging"
+    storage.mkdir(), source.mkdir()
+    fs = storage_filesystem(str(storage))
+    whole = {"experiment_state-1.json": b'{"trial_data": [1]}', "search_gen_state-1.json": pickle.dumps({"a": [1] * 50}),
+             "searcher-state.pkl": b'{"race": {}}', "result.json": b'{"epoch": 1}\n', "state.pt": b"weights"}
+    torn = {"experiment_state-1.json": b"", "search_gen_state-1.json": whole["search_gen_state-1.json"][:-4],
+            "searcher-state.pkl": b'{"race": ', "result.json": b'{"epoch": 1}\n{"epo', "state.pt": b""}
+    for files, expected in ((whole, whole), (torn, {**whole, "state.pt": b""})):
+        for name, data in files.items():
+            (source / name).write_bytes(data)
+        pyarrow.fs.copy_files(str(source), str(storage), destination_filesystem=fs)
+        assert {p.name: p.read_bytes() for p in storage.iterdir()} == expected  # and no temporary file left
+    (source / "result.json").write_bytes(b'{"epoch": 1}\n{"epoch": 2}\n')  # whole again: it goes through
+    pyarrow.fs.copy_files(str(source), str(storage), destination_filesystem=fs)
+    assert (storage / "result.json").read_bytes() == b'{"epoch": 1}\n{"epoch": 2}\n'
+
+
 def test_a_full_disk_is_found_inside_ray_trains_errors():
     from ray.train import ControllerError, WorkerGroupError
 

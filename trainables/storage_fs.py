@@ -17,13 +17,19 @@ a checkpoint on such a path in place (:func:`is_whole_files`, ``trainables.sessi
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
+import pickletools
 import shutil
 import uuid
 from typing import Any, Optional
 
 import pyarrow
 import pyarrow.fs as pafs
+
+log = logging.getLogger(__name__)
 
 
 def storage_filesystem(storage_path: str) -> Optional[pafs.FileSystem]:
@@ -79,6 +85,13 @@ class _WholeFileWriter:
 
     def _close_and_rename(self) -> None:
         self._file.close()  # flushes: a full disk may surface only here
+        if not readable_whole(self.path, self.tmp):
+            # Tune rewrites its state in its local staging folder (open "w", then write) while a
+            # background copy of the previous version may be reading it: that copy can carry an
+            # empty or cut file, and on a full disk only an empty one fits. The last whole one stays.
+            log.info("not replacing %s with a torn copy of its source (Tune's next save copies it again)", self.path)
+            _remove(self.tmp)
+            return
         os.replace(self.tmp, self.path)
 
     def _or_abandon(self, action, *args) -> Any:
@@ -100,6 +113,30 @@ class _WholeFileWriter:
     def __del__(self) -> None:  # dropped without close() (a caller that gave up): never rename
         if getattr(self, "_file", None) is not None and not self._file.closed:
             self._abandon()
+
+
+def readable_whole(name: str, path: str) -> bool:
+    """Whether the file at ``path``, to be stored as ``name``, is whole where its kind can tell: a
+    state file read back as JSON (Tune's experiment state, Ray Train's snapshot, the searchers'
+    state) or as a pickle (Tune's searcher state, under a ``.json`` or ``.pkl`` name) must parse to
+    its end; ``result.json`` (JSON lines, possibly none yet) must hold whole lines. Other files
+    (checkpoints, CSV, logs) are taken as written."""
+    if not name.endswith((".json", ".pkl")):
+        return True
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        if name.endswith("result.json"):
+            for line in data.splitlines():
+                if line.strip():
+                    json.loads(line)
+        elif data[:1] == b"\x80":
+            pickletools.dis(data, out=io.StringIO())  # reads the opcodes to the end; runs nothing
+        else:
+            json.loads(data)
+    except Exception:  # noqa: BLE001 - any parse failure (JSONDecodeError, pickletools' ValueError) is a torn file
+        return False
+    return True
 
 
 def _remove(path: str) -> None:
