@@ -17,7 +17,6 @@ a checkpoint on such a path in place (:func:`is_whole_files`, ``trainables.sessi
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -131,7 +130,8 @@ def readable_whole(name: str, path: str) -> bool:
                 if line.strip():
                     json.loads(line)
         elif data[:1] == b"\x80":
-            pickletools.dis(data, out=io.StringIO())  # reads the opcodes to the end; runs nothing
+            for _ in pickletools.genops(data):  # reads the opcodes to STOP (runs nothing; ~0.1 s a MB)
+                pass
         else:
             json.loads(data)
     except Exception:  # noqa: BLE001 - any parse failure (JSONDecodeError, pickletools' ValueError) is a torn file
