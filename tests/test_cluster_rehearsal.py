@@ -35,7 +35,7 @@ from trainables.metric_names import TARGET_METRIC, logged_name
 from trainables.mlflow_layout import ANSWER_MD, PER_QUERY_FILE, SUMMARY_ARTIFACT_DIR, TAG_EPOCHS_DONE, TAG_ROLE, TAG_TRIAL_ID
 from trainables.mlflow_store import client_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fault]  # a real fault (the tracking server down): run apart, in CI
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's ray and mlflow commands

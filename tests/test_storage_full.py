@@ -218,6 +218,7 @@ def full_storage(tmp_path_factory) -> FullStorage:
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_a_full_storage_path_stops_the_study_with_one_line(full_storage):
     output = full_storage.stopped_output
     assert full_storage.stopped_code == 1, output[-3000:]
@@ -239,6 +240,7 @@ def _parses(text: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_a_full_storage_path_corrupts_no_state(full_storage):
     files = full_storage.stopped_files
     assert not [name for name in files if ".tmp-" in name]  # no write left half done under a private name
@@ -269,6 +271,7 @@ def test_a_full_storage_path_corrupts_no_state(full_storage):
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_no_trial_is_failed_for_a_full_storage_path(full_storage):
     state = full_storage.after_stop
     assert len(state["parents"]) == 1 and state["parents"][0].info.status == "KILLED"
@@ -278,6 +281,7 @@ def test_no_trial_is_failed_for_a_full_storage_path(full_storage):
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_after_freeing_space_resume_completes_with_one_run_per_trial(full_storage):
     output = full_storage.final_output
     assert full_storage.final_code == 0, output[-3000:]
