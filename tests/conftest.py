@@ -27,9 +27,9 @@ RAY_MODULES = (
 SHARED = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
 if SHARED:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-# The Ray modules are the suite's critical path (their trials wait on process starts and polls,
-# which leaves CPU idle); a worker whose first test is another module's runs at a lower
-# priority, on the CPU they leave (docs/performance.md, "The suite").
+# The Ray modules are the suite's critical path (their trials are mostly Ray's own process starts,
+# one after another); a worker whose first test is another module's runs at a lower priority, on
+# the CPU they leave (docs/performance.md, "The suite").
 OTHER_WORKER_NICE = 10
 _first_test_seen = []
 
