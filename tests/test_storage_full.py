@@ -322,7 +322,7 @@ def test_a_data_cache_without_room_is_refused_before_ray_starts(here, capsys):
         argv = ["--space", "smoke", "--set", f"data_cache={cache}", "--dry-run"]
         err = _fails(capsys, argv, f"data_cache {cache} has too little room (0 B free): the synthetic data set "
                                    "of this study needs at least ")
-        assert "--set data_cache=DIR" in err
+        assert "a new study can also take another folder: --set data_cache=DIR; a resume keeps its own" in err
         assert os.listdir(cache) == ["filler"]  # nothing written
         filler.unlink()
         from study import run as study_run
@@ -383,6 +383,17 @@ def test_whole_files_keep_the_last_whole_file_when_the_disk_fills(tmp_path):
         filler.unlink()
         pyarrow.fs.copy_files(str(source), str(storage), destination_filesystem=fs)
         assert (storage / "state.json").read_text() == (source / "state.json").read_text()
+
+
+def test_a_storage_path_under_the_home_folder_is_written_there(monkeypatch, tmp_path):
+    """Ray expands "~" only for the file systems it picks itself; with the whole-files one the trial
+    driver does it (else a library caller's "~/runs" became a folder named "~" in the working directory)."""
+    from trainables.config import TrialConfig
+    from trainables.driver import build_trainer
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    trainer = build_trainer(TrialConfig(), name="t", storage_path="~/runs")
+    assert trainer.run_config.storage_path == str(tmp_path / "runs")
 
 
 def test_a_torn_copy_of_a_state_file_never_replaces_the_last_whole_one(tmp_path):

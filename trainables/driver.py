@@ -50,6 +50,8 @@ def build_trainer(config: TrialConfig, *, name: str, storage_path: str, tracking
 
     from trainables.storage_fs import storage_filesystem  # imports pyarrow: the CLI imports this module, needs none
 
+    if "://" not in storage_path:  # Ray expands "~" only for the file systems it picks itself, not for ours
+        storage_path = os.path.expanduser(storage_path)
     return TorchTrainer(
         train_loop,
         train_loop_config={"config": config, "tracking": tracking},

@@ -98,8 +98,8 @@ def check_cache_room(base: dict, folder: Path) -> None:
     free = free_bytes(str(folder))
     if need and free is not None and free < need:
         raise PreflightError(f"data_cache {folder} has too little room ({size_text(free)} free): the synthetic data "
-                             f"set of this study needs at least {size_text(need)} there; free space, or give another "
-                             "folder with --set data_cache=DIR")
+                             f"set of this study needs at least {size_text(need)} there; free space there (a new study "
+                             "can also take another folder: --set data_cache=DIR; a resume keeps its own)")
 
 
 def check_eval_folder(base: dict) -> None:
