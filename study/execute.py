@@ -30,7 +30,7 @@ from study.answer import trial_queries
 from study.race import RACE_REPORT, read_race_report, write_race_report
 from study.results import FAILED, UNFINISHED, TrialRecord, records_from_results
 from study.spaces import SearchSpace
-from study.state import StudyState, describe, save_state
+from study.state import StudyState, describe, load_state, save_state
 from study.storage import is_uri
 from study.tuning import (
     build_tuner,
@@ -159,8 +159,19 @@ def stop_on_full_disk(client: Any, state: StudyState, reason: str, address: Opti
         parent = TrackingInfo(state.tracking_uri, state.experiment_id, state.parent_run_id, "", "")
         _safe(lambda: reconcile_children(client, parent, []), "mark the interrupted trials' runs KILLED")
         _safe(lambda: close_parent_run(client, state.parent_run_id, "KILLED"), "mark the parent run KILLED")
-    console.error(f"{reason}; free space, then resume with: {resume_command(state, address)}")
+    if _saved(state):
+        console.error(f"{reason}; free space, then resume with: {resume_command(state, address)}")
+    else:  # the full disk refused the study's first state file: there is nothing to resume
+        console.error(f"{reason}; free space, then run the same command again (nothing was saved to resume)")
     return EXIT_FAILED
+
+
+def _saved(state: StudyState) -> bool:
+    """Whether ``state``'s study file is in its storage (a resume can find it); True when unreadable."""
+    try:
+        return load_state(state.storage_path, state.name) is not None
+    except Exception:  # noqa: BLE001 - a storage we cannot read now: say what usually holds
+        return True
 
 
 def plan_resources(state: StudyState, resumed: bool) -> Capacity:

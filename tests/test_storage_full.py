@@ -385,6 +385,24 @@ def test_whole_files_keep_the_last_whole_file_when_the_disk_fills(tmp_path):
         assert (storage / "state.json").read_text() == (source / "state.json").read_text()
 
 
+def test_a_study_whose_first_state_file_did_not_fit_is_not_offered_a_resume(tmp_path, capsys):
+    """A new study whose disk refused its very first study.json has nothing to resume: the line says
+    to run the command again, not --resume (which would answer "nothing to resume")."""
+    from study.execute import stop_on_full_disk
+    from study.state import StudyState, save_state
+
+    state = StudyState(name="new", storage_path=str(tmp_path), space={}, base_config={}, objectives=[], num_samples=1,
+                       num_trials=1, max_concurrent=1, workers_per_trial=1, cpus_per_worker=1, gpus_per_worker=0,
+                       scheduler="fifo", seed=0, max_failures=0, tracking_uri="", output_dir=str(tmp_path))
+    reason = f"storage path {tmp_path} is full (0 B free)"
+    assert stop_on_full_disk(None, state, reason, None) == 1
+    assert capsys.readouterr().err.strip() == (f"error: {reason}; free space, then run the same command again "
+                                               "(nothing was saved to resume)")
+    save_state(state)
+    stop_on_full_disk(None, state, reason, None)
+    assert "then resume with: python -m study.run --resume --name new" in capsys.readouterr().err
+
+
 def test_a_storage_path_under_the_home_folder_is_written_there(monkeypatch, tmp_path):
     """Ray expands "~" only for the file systems it picks itself; with the whole-files one the trial
     driver does it (else a library caller's "~/runs" became a folder named "~" in the working directory)."""
