@@ -124,6 +124,20 @@ class StopWatch:
         self._thread.join(timeout=5)
         for name in FULL_DISK_LOGGERS:
             logging.getLogger(name).removeFilter(self._records)
+        if self.reason is None:
+            # A trial may have asked after the watch's last look (Tune returned meanwhile): the study
+            # still stops for it, or that trial's KILLED run would stand as a finished study's.
+            late = self._asked(timeout_s=5)
+            with self._lock:
+                self.reason = self.reason or late
+
+    def _asked(self, timeout_s: float = 30) -> Optional[str]:
+        """The first reason a trial left in the mailbox; None when none did, or none can be read now
+        (no mailbox yet, Ray going down, a slow GCS, or the asking trial ended meanwhile)."""
+        try:
+            return ray.get(ray.get_actor(MAILBOX).first.remote(), timeout=timeout_s) or None
+        except Exception:  # noqa: BLE001 - see above: the caller looks again, or the study ends as it was
+            return None
 
     def stop(self, reason: str) -> None:
         """Stop the study for ``reason``: the first call interrupts Tune (SIGINT, Tune's graceful
@@ -140,18 +154,8 @@ class StopWatch:
         self.stop(out_of_space_line("storage path", self.storage_path, cause))
 
     def _watch(self) -> None:
-        while not self._done.wait(POLL_S) and self.reason is None:
-            try:
-                mailbox = ray.get_actor(MAILBOX)
-            except ValueError:  # no trial asked
-                continue
-            except Exception:  # noqa: BLE001 - Ray going down (nothing more to watch), or a slow GCS: look again
-                if not ray.is_initialized():
-                    return
-                continue
-            try:
-                reason = ray.get(mailbox.first.remote(), timeout=30)
-            except Exception:  # noqa: BLE001 - the asking trial ended meanwhile: look again
-                continue
+        # Once a second until Tune returns, a reason arrives, or Ray goes down (nothing more to watch)
+        while not self._done.wait(POLL_S) and self.reason is None and ray.is_initialized():
+            reason = self._asked()
             if reason:
                 self.stop(reason)

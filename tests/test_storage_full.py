@@ -385,6 +385,32 @@ def test_whole_files_keep_the_last_whole_file_when_the_disk_fills(tmp_path):
         assert (storage / "state.json").read_text() == (source / "state.json").read_text()
 
 
+def test_a_stop_request_after_the_watchs_last_look_still_stops_the_study(monkeypatch):
+    """A trial that asks after the driver's watch looked for the last time (Tune returned meanwhile)
+    is not lost: the study still ends as stopped, with that reason."""
+    from study import stop
+
+    asked: list = []
+
+    class Mailbox:
+        class first:  # noqa: N801 - the actor method's name
+            @staticmethod
+            def remote():
+                return "ref"
+
+    def get_actor(name):
+        if not asked:
+            raise ValueError(f"no actor {name}")
+        return Mailbox
+
+    monkeypatch.setattr(stop.ray, "get_actor", get_actor)
+    monkeypatch.setattr(stop.ray, "get", lambda ref, timeout=None: asked[0])
+    monkeypatch.setattr(stop.ray, "is_initialized", lambda: True)
+    with stop.StopWatch("/storage") as watch:
+        asked.append("storage path /storage is full (0 B free)")  # the watch first looks after a second
+    assert watch.reason == "storage path /storage is full (0 B free)"
+
+
 def test_a_study_whose_first_state_file_did_not_fit_is_not_offered_a_resume(tmp_path, capsys):
     """A new study whose disk refused its very first study.json has nothing to resume: the line says
     to run the command again, not --resume (which would answer "nothing to resume")."""
