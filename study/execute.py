@@ -54,8 +54,7 @@ from study.parent_run import (
 )
 from study.stop import StopWatch
 from trainables.atomic import atomic_file
-from trainables.errors import (failure_reason, is_out_of_space, named_out_of_space, naming_full, nearly_full, one_line,
-                               out_of_space_line)
+from trainables.errors import failure_reason, full_disk_line, naming_full, one_line
 from trainables.mlflow_layout import BASE_CONFIG_FILE, SPACE_FILE
 from trainables.mlflow_store import TrackingError, client_for, sqlite_path
 from trainables.trial_run import TrackingInfo
@@ -106,9 +105,7 @@ def run_study(state: StudyState, space: SearchSpace, args: Any, fit: Callable) -
     except (TrackingError, ClusterError):
         raise  # bad input: one line from study.run
     except Exception as err:  # noqa: BLE001 - Tune/Ray failure: one line and the way back
-        full = watch.reason or named_out_of_space(err)
-        if full is None and is_out_of_space(err) and nearly_full(state.storage_path):  # Ray's own write, say
-            full = out_of_space_line("storage path", state.storage_path, err)
+        full = watch.reason or full_disk_line(err, state.storage_path)
         if full is not None:
             return stop_on_full_disk(client, state, one_line(full), args.address)
         console.error(f"the study stopped: {failure_reason(err)}")

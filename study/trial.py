@@ -29,7 +29,7 @@ from study.mlflow_runs import read_trial_run
 from study.parent_run import finish_if_running, mark_trial_completed
 from study.stop import ask_study_to_stop
 from trainables.config import TrialConfig
-from trainables.errors import failure_reason, is_out_of_space, named_out_of_space, nearly_full, one_line, out_of_space_line
+from trainables.errors import failure_reason, full_disk_line, is_out_of_space, one_line, out_of_space_line
 from trainables.metric_names import source_name, with_logged_aliases
 from trainables.mlflow_layout import TAG_COMPLETED, trial_run_name
 from trainables.mlflow_store import client_for, store_place
@@ -130,10 +130,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         check_final_metrics(result, ctx.objectives)
     except Exception as err:  # not SystemExit: that is Tune stopping the trial (ASHA, Ctrl-C)
         reason = failure_reason(err)
-        full = named_out_of_space(err)  # a writer that named its place (data cache, MLflow store)
-        storage = ctx.storage_path or ctx.train_storage
-        if full is None and is_out_of_space(err) and nearly_full(storage):  # Ray's own write, say
-            full = out_of_space_line("storage path", storage, err)
+        full = full_disk_line(err, ctx.storage_path or ctx.train_storage)
         if full is not None:  # not the trial's fault: the study stops, and --resume continues it
             reason = full
             # interrupted, as by Ctrl-C (a resume re-opens it); the store may sit on the full disk, and

@@ -179,6 +179,17 @@ def nearly_full(path: str) -> bool:
     return usage is not None and usage.free < max(NEARLY_FULL_BYTES, NEARLY_FULL_SHARE * usage.total)
 
 
+def full_disk_line(err: BaseException, storage_path: str) -> Optional[str]:
+    """The one line that stops a study for ``err``, or None when ``err`` is no full disk of its own:
+    a writer's line that names its place (:func:`named_out_of_space`), else, for a full-disk error
+    that names none (Ray's own write, say), the storage path's line while that path is
+    :func:`nearly_full` (a full ``/dev/shm`` is the trial's failure, not a full storage path)."""
+    named = named_out_of_space(err)
+    if named is None and is_out_of_space(err) and nearly_full(storage_path):
+        return out_of_space_line("storage path", storage_path, err)
+    return named
+
+
 def free_space(path: str) -> str:
     """:func:`free_bytes` of ``path`` as :func:`size_text`, or ``unknown``."""
     free = free_bytes(path)
