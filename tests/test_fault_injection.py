@@ -86,9 +86,10 @@ def ray_local():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A sqlite MLflow store with an experiment and a study parent run: (uri, experiment_id, parent_id)."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = client_for(uri)
-    experiment_id = client.create_experiment("faults")
+    experiment_id = client.create_experiment("faults", artifact_location=(folder / "artifacts").as_uri())
     parent = client.create_run(experiment_id, run_name="study-faults").info.run_id
     return uri, experiment_id, parent
 

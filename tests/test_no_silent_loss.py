@@ -24,7 +24,7 @@ def store(tmp_path):
     """(uri, client, experiment id, parent run id) of a fresh sqlite store."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = client_for(uri)
-    experiment_id = client.create_experiment("loss")
+    experiment_id = client.create_experiment("loss", artifact_location=(tmp_path / "artifacts").as_uri())
     return uri, client, experiment_id, client.create_run(experiment_id, run_name="study").info.run_id
 
 

@@ -68,7 +68,7 @@ def test_best_config_json_holds_the_answer_s_best_and_the_single_run_apart(summa
 
 def test_the_parent_run_tags_and_metrics_name_the_same_best(summary, tmp_path):
     client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
-    run_id = client.create_run(client.create_experiment("best"), run_name="study-best").info.run_id
+    run_id = client.create_run(client.create_experiment("best", artifact_location=(tmp_path / "artifacts").as_uri()), run_name="study-best").info.run_id
     log_summary(client, run_id, summary.best, "map100/multilingual", summary.files, summary.markdown, summary.best_ratio)
     data = client.get_run(run_id).data
     assert data.tags[best_tag("ratio")] == "0"
@@ -87,7 +87,7 @@ def test_a_ratio_is_written_one_way():
 def test_the_answer_against_the_ratio_is_a_metric_history_the_ui_charts(summary, tmp_path):
     """The parent run's by_ratio/* histories: step = ratio in thousandths, value = the answer's row."""
     client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
-    run_id = client.create_run(client.create_experiment("curve"), run_name="study-curve").info.run_id
+    run_id = client.create_run(client.create_experiment("curve", artifact_location=(tmp_path / "artifacts").as_uri()), run_name="study-curve").info.run_id
     log_answer_by_ratio(client, run_id, summary.answer_rows)
     expected = {round(r["ratio"] * RATIO_STEP): r for r in summary.answer_rows
                 if (r["setting"], r["family"]) == ("multilingual", "i2t+t2t")}
@@ -141,7 +141,7 @@ def test_a_confounded_study_logs_the_ratio_effect_held_fixed_and_no_best(tmp_pat
     assert effect is not None and effect.low <= -0.05 <= effect.high and effect.beyond_noise
     assert summary.best_ratio is None and summary.headline.startswith("with temperature and batch_size held fixed")
     client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
-    run_id = client.create_run(client.create_experiment("conf"), run_name="study-conf").info.run_id
+    run_id = client.create_run(client.create_experiment("conf", artifact_location=(tmp_path / "artifacts").as_uri()), run_name="study-conf").info.run_id
     log_summary(client, run_id, summary.best, "map100/multilingual", summary.files, summary.markdown,
                 summary.best_ratio, summary.ratio_effect)
     data = client.get_run(run_id).data

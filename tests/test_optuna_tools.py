@@ -42,7 +42,7 @@ def test_importance_names_the_parameter_the_objective_depends_on(tmp_path):
     assert text.splitlines()[1].startswith("  map100/multilingual: ratio ")  # most important first
 
     client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
-    run_id = client.create_run(client.create_experiment("imp")).info.run_id
+    run_id = client.create_run(client.create_experiment("imp", artifact_location=(tmp_path / "artifacts").as_uri())).info.run_id
     log_importance(client, run_id, {"map100/multilingual": shares})
     logged = client.get_run(run_id).data.metrics
     assert logged[importance_metric("map100/multilingual", "ratio")] == shares["ratio"]

@@ -69,9 +69,10 @@ def written(tmp_path_factory):
     images, texts = embeddings()
     per_query: dict = {}  # as trainables.train.train_worker passes it to evaluate() for the final evaluation
     metrics = evaluate_embeddings(images.float(), {k: v.float() for k, v in texts.items()}, k=K, per_query=per_query)
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder}/mlflow.db"
     client = client_for(uri)
-    experiment_id = client.create_experiment("per-query-contract")
+    experiment_id = client.create_experiment("per-query-contract", artifact_location=(folder / "artifacts").as_uri())
     parent = client.create_run(experiment_id, run_name="study-contract").info.run_id
     run = TrialRun(TrackingInfo(uri, experiment_id, parent, "t1", "r=0.5 s=1 · t1"), TrialConfig(ratio=0.5, seed=1))
     run.log_per_query(per_query)

@@ -32,7 +32,7 @@ def store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = client_for(uri)
-    experiment_id = client.create_experiment("tracking-test")
+    experiment_id = client.create_experiment("tracking-test", artifact_location=(folder / "artifacts").as_uri())
     parent = client.create_run(experiment_id, run_name="study-test").info.run_id
     return uri, experiment_id, parent
 
