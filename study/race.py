@@ -193,6 +193,25 @@ class SeedRace:
         trial.update(status=DONE if ok else FAILED, value=float(value) if ok else None, ended=self.elapsed_s())
         return trial["cand"]
 
+    def adopt(self, trial_id: str, config: dict) -> Optional[int]:
+        """Take in a trial Tune runs that this race never started (a study resumed from a searcher
+        state older than Tune's trial list): it trains the candidate whose searched values ``config``
+        holds, with ``config["seed"]``. Returns the candidate, or None when no candidate matches or that
+        seed is already another trial's (the answer still reads the trial's run; the race does not count it)."""
+        seed = config.get("seed")
+        cand = next((i for i, c in enumerate(self.candidates)
+                     if all(k in config and config[k] == v for k, v in c["config"].items())), None)
+        if cand is None or seed not in self.plan.seeds or seed in self._live_seeds(cand):
+            return None
+        self.start(trial_id, cand, seed)
+        return cand
+
+    def forget(self, trial_id: str) -> None:
+        """Drop a pending trial that Tune does not have (a searcher state newer than Tune's trial list):
+        its seed is free again, and the race no longer waits for it."""
+        if self.trials.get(trial_id, {}).get("status") == PENDING:
+            del self.trials[trial_id]
+
     def values(self, cand: int) -> dict:
         """seed -> objective value of ``cand``'s finished trials."""
         return {t["seed"]: t["value"] for t in self.trials.values() if t["cand"] == cand and t["status"] == DONE}

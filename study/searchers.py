@@ -5,7 +5,8 @@
 * :class:`ResumeSafeOptuna`: ``OptunaSearch`` for a plain Optuna space, safe to resume after a
   kill that left Tune's saved trial list newer than the searcher (with :class:`TrialStarts`).
 * :class:`LimiterSync`: keeps the ``ConcurrencyLimiter``'s live trials those Tune still runs,
-  whatever order Tune's saved files reached the storage path in.
+  whatever order Tune's saved files reached the storage path in; :class:`RaceSync` does the same
+  for a :class:`SeedSearcher`'s race.
 
 :func:`searcher_callbacks` gives the callbacks a searcher needs; :mod:`study.tuning` builds both.
 """
@@ -223,13 +224,70 @@ class LimiterSync(Callback):
                         f"{'told it the end Tune recorded' if trial is not None else 'Tune has no such trial'}")
 
 
+class RaceSync(Callback):
+    """A Tune callback that keeps a :class:`SeedSearcher`'s race and Tune's trial list in agreement.
+
+    The searcher's state and Tune's trial list are files saved apart (see :class:`ResumeSafeOptuna`),
+    so a resumed study can find them out of step either way:
+
+    * a trial the race counts as running that Tune does not have would make the race wait for it
+      forever at the end of its budget (the study would hang): it is dropped, and its seed is free
+      again; one that Tune finished is told to the searcher with the end Tune recorded;
+    * a trial Tune has that the race never started (it runs again, or finished before the save)
+      is taken into the race with its candidate and seed (:meth:`study.race.SeedRace.adopt`), so its
+      seed is neither trained twice nor left out of the allocation.
+
+    Each case prints a ``note:`` line. Runs after :class:`LimiterSync` (which may already have told
+    the searcher a finished trial's end).
+    """
+
+    def __init__(self, searcher: SeedSearcher):
+        self.searcher = searcher
+
+    def _adopt(self, trial: Any) -> bool:
+        race = self.searcher.race
+        if trial.trial_id in race.trials:
+            return True
+        cand = race.adopt(trial.trial_id, dict(trial.config))
+        what = (f"took it in (candidate {cand + 1}, seed {trial.config.get('seed')})" if cand is not None
+                else "its candidate or seed is not the race's to give: the answer counts its run, the race does not")
+        console.say(f"note: trial {trial.trial_id} is not in the seed race's saved state; {what}")
+        return cand is not None
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:  # noqa: D102
+        self._adopt(trial)
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:  # noqa: D102 - see Callback
+        race, by_id = self.searcher.race, {t.trial_id: t for t in trials}
+        for trial_id, entry in list(race.trials.items()):
+            if entry["status"] != "pending":
+                continue
+            trial = by_id.get(trial_id)
+            if trial is None:
+                race.forget(trial_id)
+                console.say(f"note: the seed race counted trial {trial_id} as running; Tune has no such trial, "
+                            "so its seed is free again")
+            elif trial.is_finished():
+                self.searcher.on_trial_complete(trial_id, result=trial.last_result or None,
+                                                error=trial.status == "ERROR")
+                console.say(f"note: the seed race counted trial {trial_id} as running; told it the end Tune recorded")
+        for trial in trials:
+            if trial.is_finished() and trial.trial_id not in race.trials and self._adopt(trial):
+                self.searcher.on_trial_complete(trial.trial_id, result=trial.last_result or None,
+                                                error=trial.status == "ERROR")
+
+
 def searcher_callbacks(searcher: Any) -> list:
-    """The Tune callbacks a searcher needs: :class:`LimiterSync` for the ``ConcurrencyLimiter``, and
-    :class:`ResumeSafeOptuna`'s :class:`TrialStarts`.
+    """The Tune callbacks a searcher needs: :class:`LimiterSync` for the ``ConcurrencyLimiter``,
+    :class:`RaceSync` for a :class:`SeedSearcher`, and :class:`ResumeSafeOptuna`'s :class:`TrialStarts`.
 
     Tune pickles the searcher and the callbacks together (``tuner.pkl``), so a restored study's
     searcher and callbacks still refer to one another."""
     if searcher is None:
         return []
     inner = getattr(searcher, "searcher", None)  # under the ConcurrencyLimiter
-    return [LimiterSync(searcher), *([inner.starts] if isinstance(inner, ResumeSafeOptuna) else [])]
+    if isinstance(inner, ResumeSafeOptuna):
+        return [LimiterSync(searcher), inner.starts]
+    if isinstance(inner, SeedSearcher):
+        return [LimiterSync(searcher), RaceSync(inner)]
+    return [LimiterSync(searcher)]

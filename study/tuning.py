@@ -2,7 +2,8 @@
 
 * Optuna spaces: a seeded TPE sampler in ``OptunaSearch`` (under
   :class:`study.searchers.ResumeSafeOptuna`, so a study killed mid-save resumes), bounded by
-  ``ConcurrencyLimiter`` (kept in step with Tune by :class:`study.searchers.LimiterSync`).
+  ``ConcurrencyLimiter`` (kept in step with Tune by :class:`study.searchers.LimiterSync`, and a seed race by
+  :class:`study.searchers.RaceSync`).
   Multi-objective metric/mode lists go on ``OptunaSearch`` (Ray 2.60), not ``TuneConfig``.
 * Grid spaces: Tune's grid search (no Optuna), bounded by ``max_concurrent_trials``.
 * With ``search.seeds`` (Optuna or grid): :class:`study.searchers.SeedSearcher`, on Tune's public

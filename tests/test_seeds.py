@@ -143,10 +143,10 @@ def test_a_trial_never_seen_starting_is_a_note(capsys):
     assert searcher.inner._ot_study.trials == []
 
 
-def _tune_trial(trial_id, status, last_result=None):
+def _tune_trial(trial_id, status, last_result=None, config=None):
     from types import SimpleNamespace
 
-    return SimpleNamespace(trial_id=trial_id, status=status, last_result=last_result or {},
+    return SimpleNamespace(trial_id=trial_id, status=status, last_result=last_result or {}, config=config or {},
                            is_finished=lambda: status in ("TERMINATED", "ERROR"))
 
 
@@ -176,3 +176,76 @@ def test_a_limiter_restored_with_trials_tune_does_not_run_lets_the_study_go_on(c
     out = capsys.readouterr().out
     assert "counted trial done as running; told it the end Tune recorded" in out
     assert "counted trial ghost as running; Tune has no such trial" in out
+
+
+def _grid_searcher(tmp_path=None, seeds=(0, 1, 2), max_trials=None):
+    grid = [{"ratio": 0.0}, {"ratio": 1.0}]
+    plan = SeedPlan(seeds=tuple(seeds), min_seeds=2, target_halfwidth=0.02, max_trials=max_trials)
+    return SeedSearcher(SeedRace(plan, n_candidates=2, mode="max"), "m", "max", grid=grid)
+
+
+def _restored(searcher, tmp_path):
+    path = tmp_path / "searcher.json"
+    searcher.save(str(path))
+    restored = _grid_searcher()
+    restored.restore(str(path))
+    return restored
+
+
+def test_a_race_restored_with_a_running_trial_tune_never_saved_does_not_wait_for_it_forever(tmp_path, capsys):
+    """The searcher's state can be newer than Tune's trial list (a study killed while Tune copied its
+    files): the race then counts as running a trial Tune will never run, and at the end of its budget
+    it would wait for that trial forever (the study hangs). RaceSync drops it; its seed is free again."""
+    from ray.tune.search import Searcher
+
+    from study.searchers import RaceSync
+
+    searcher = _grid_searcher(max_trials=4)
+    configs = [searcher.suggest(f"t{i}") for i in range(4)]
+    for i in range(3):
+        searcher.on_trial_complete(f"t{i}", {"m": 0.1 * (i + 1)})
+    restored = _restored(searcher, tmp_path)  # t3 (ratio 1, seed 1) is running in the saved race
+    tune_trials = [_tune_trial(f"t{i}", "TERMINATED", {"m": 0.1 * (i + 1)}, configs[i]) for i in range(3)]
+    assert restored.suggest("t4") is None  # the budget is spent and the race waits for t3 ...
+    assert restored.suggest("t4") is None  # ... which Tune does not have: it would wait forever
+    RaceSync(restored).on_step_begin(0, tune_trials)
+    assert "t3" not in restored.race.trials
+    assert "counted trial t3 as running; Tune has no such trial" in capsys.readouterr().out
+    again = restored.suggest("t4")  # the freed budget slot retrains that seed
+    assert again == configs[3] == {"ratio": 1.0, "seed": 1}
+    restored.on_trial_complete("t4", {"m": 0.5})
+    assert restored.suggest("t5") == Searcher.FINISHED
+
+
+def test_a_trial_tune_has_but_the_restored_race_never_started_is_taken_in(tmp_path, capsys):
+    """The other way round: Tune's list holds trials the restored race never started. A finished one
+    is counted with the value Tune recorded, a running one with its candidate and seed when it
+    (re)starts, so no seed is trained twice; one whose candidate the race does not know is a note."""
+    from study.searchers import RaceSync
+
+    searcher = _grid_searcher(seeds=(0, 1, 2, 3))
+    configs = [searcher.suggest(f"t{i}") for i in range(4)]  # ratios 0 and 1, seeds 0 and 1 each
+    values = [0.2, 0.21, 0.1, 0.14]
+    for i, value in enumerate(values):
+        searcher.on_trial_complete(f"t{i}", {"m": value})
+    restored = _restored(searcher, tmp_path)
+    configs += [searcher.suggest(f"t{i}") for i in range(4, 6)]  # two more seeds, after the save
+    assert {c["seed"] for c in configs[4:]} == {2}
+    sync = RaceSync(restored)
+    tune_trials = [_tune_trial(f"t{i}", "TERMINATED", {"m": v}, configs[i]) for i, v in enumerate(values)]
+    tune_trials += [_tune_trial("t4", "TERMINATED", {"m": 0.3}, configs[4]),
+                    _tune_trial("t5", "PENDING", {}, configs[5])]
+    sync.on_step_begin(0, tune_trials)
+    race = restored.race
+    cand4 = race.trials["t4"]["cand"]
+    assert race.values(cand4)[2] == 0.3  # taken in and told
+    sync.on_trial_start(0, tune_trials, tune_trials[5])  # Tune runs t5 again
+    t5 = race.trials["t5"]
+    assert (t5["cand"], t5["seed"], t5["status"]) == (1 - cand4, 2, "pending")
+    restored.on_trial_complete("t5", {"m": 0.12})
+    assert restored.suggest("t6")["seed"] == 3  # seed 2 is not trained again
+    sync.on_trial_start(0, [], _tune_trial("t9", "RUNNING", {}, {"ratio": 0.5, "seed": 0}))
+    assert "t9" not in race.trials
+    out = capsys.readouterr().out
+    assert f"trial t4 is not in the seed race's saved state; took it in (candidate {cand4 + 1}, seed 2)" in out
+    assert "trial t9 is not in the seed race's saved state; its candidate or seed is not the race's to give" in out
