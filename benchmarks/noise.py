@@ -33,27 +33,40 @@ import multiprocessing as mp
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from benchmarks._common import add_run_args, load_line, print_table, save_json
 from trainables import per_query
 
-# name -> TrialConfig fields over TrialConfig's defaults (5 x 100 steps of batch 64, lr 1e-3, 100 warm-up
-# steps, temperature 0.07 learned). Every recipe is evaluated once, after its last step.
+# name -> TrialConfig fields. "default" is TrialConfig's defaults as they are now; every other recipe is
+# written over the defaults of 2026-12-05 (``_WAS``: 5 x 100 steps of batch 64, lr 1e-3, 100 warm-up steps,
+# temperature 0.07 learned), so that it reproduces its row in benchmarks/README.md §9 whatever the defaults
+# become. Every recipe is evaluated once, after its last step. The one key that is not a TrialConfig field,
+# ``width``, resizes the tiny model (both towers and the embedding; heads of 32 channels) for this
+# benchmark only (:func:`use_tiny_width`).
+_WAS = {"warmup_steps": 100}  # the default warm-up until §9's warm-up runs chose 250 (2026-12-06)
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
-    "t0.02": {"temperature": 0.02},
-    "t0.01-b128": {"temperature": 0.01, "batch_size": 128},
+    "wu100": {**_WAS},  # the default recipe until 2026-12-06 (its rows were named "default" before)
+    "t0.02": {**_WAS, "temperature": 0.02},
+    "t0.01-b128": {**_WAS, "temperature": 0.01, "batch_size": 128},
     "t0.02-s300": {"temperature": 0.02, "steps_per_epoch": 60, "warmup_steps": 60},
     "t0.02-s800": {"temperature": 0.02, "steps_per_epoch": 160, "warmup_steps": 160},
-    "t0.01": {"temperature": 0.01},
+    "t0.01": {**_WAS, "temperature": 0.01},
     "t0.01-s300": {"temperature": 0.01, "steps_per_epoch": 60, "warmup_steps": 60},
     "t0.01-b128-s200": {"temperature": 0.01, "batch_size": 128, "steps_per_epoch": 40, "warmup_steps": 40},
-    # the default's cost, less optimiser noise: half the learning rate; the temperature held at 0.07
-    "lr5e-4": {"lr": 5e-4},
-    "fixed-t": {"learn_temperature": False},
+    # the old default's cost, less optimiser noise: half the learning rate; the temperature held at 0.07
+    "lr5e-4": {**_WAS, "lr": 5e-4},
+    "fixed-t": {**_WAS, "learn_temperature": False},
+    # half the tiny model's width: a step ~2x cheaper, so more steps or a larger batch at the old default's cost
+    "w64": {**_WAS, "width": 64},
+    "w64-s1000": {"width": 64, "steps_per_epoch": 200, "warmup_steps": 200},
+    "w64-t0.01-b128": {**_WAS, "width": 64, "temperature": 0.01, "batch_size": 128},
+    # the warm-up: a quarter and 2.5x the old default's 100 steps (wu250 is the default since)
+    "wu25": {"warmup_steps": 25},
+    "wu250": {"warmup_steps": 250},
 }
 RATIOS = (0.0, 0.5, 1.0)
 OBJECTIVE = "map100/multilingual"
@@ -64,8 +77,27 @@ TINY = {"steps_per_epoch": 2, "epochs": 2, "warmup_steps": 1, "synthetic_train_s
 def run_config(recipe: str, ratio: float, seed: int, cache: str, tiny: bool = False) -> dict[str, Any]:
     """TrialConfig fields of one run: the recipe at ``ratio`` and ``seed``, evaluated only at its end."""
     values = {**RECIPES[recipe], **(TINY if tiny else {}), "ratio": ratio, "seed": seed, "data_cache": cache}
+    values.pop("width", None)
     values["eval_every"] = values.get("epochs", 5)  # the last epoch only: the noise of the final value
     return values
+
+
+def use_tiny_width(width: Optional[int]) -> None:
+    """Register, in this process only, the tiny model at ``width`` (embedding and both towers; heads of 32
+    channels) under its own open_clip name, so that every later build of ``model=tiny`` gets it; None: the
+    shipped config again (a pool process runs recipes of either kind, one after another)."""
+    import open_clip
+    from trainables import model
+
+    if width is None:
+        open_clip.add_model_config(model._CONFIG_DIR)
+        return
+    config = json.loads((model._CONFIG_DIR / f"{model.TINY_NAME}.json").read_text())
+    config["embed_dim"] = config["vision_cfg"]["width"] = config["text_cfg"]["width"] = width
+    config["text_cfg"]["heads"] = max(1, width // 32)
+    folder = Path(tempfile.mkdtemp(prefix="mlclip-width-"))
+    (folder / f"{model.TINY_NAME}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder)  # found first: trainables.model then registers nothing of its own
 
 
 def run_one(job: tuple) -> dict[str, Any]:
@@ -74,6 +106,7 @@ def run_one(job: tuple) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
+    use_tiny_width(RECIPES[recipe].get("width"))
     import trainables.train as train
     from trainables.config import TrialConfig
     from trainables.session import LocalSession
@@ -135,8 +168,19 @@ def projected_halfwidth(sd_diff: float, se_test: float, trial_s: float, minutes:
     return n, float(stats.t.ppf(0.975, n - 1) * math.sqrt(sd_diff ** 2 / n + se_test ** 2))
 
 
+def seeds_for(target: float, sd_diff: float, se_test: float, most: int = 200) -> Optional[int]:
+    """The fewest paired seeds ``n`` (>= 2) whose expected 95% half-width, ``t(0.975, n - 1) *
+    sqrt(sd_diff**2 / n + se_test**2)``, is within ``target``; None when even ``most`` would not do."""
+    from scipy import stats
+
+    for n in range(2, most + 1):
+        if stats.t.ppf(0.975, n - 1) * math.sqrt(sd_diff ** 2 / n + se_test ** 2) <= target:
+            return n
+    return None
+
+
 def summarize(out: str, minutes: float, fixed_s: float, startup_s: float, evals_per_trial: float,
-              n_resamples: int = 500) -> dict[str, Any]:
+              n_resamples: int = 500, target: float = 0.02) -> dict[str, Any]:
     """Per recipe: per-ratio mean/sd/CPU, seed correlations, paired vs unpaired sd, test se, projection."""
     from study.answer_metrics import OBJECTIVE as ANSWER_OBJECTIVE
     from study.answer import load_trial_queries
@@ -171,15 +215,21 @@ def summarize(out: str, minutes: float, fixed_s: float, startup_s: float, evals_
         trial_s = fixed_s + float(np.mean(trial_cpu))
         n, half = projected_halfwidth(sd_paired, se_test, trial_s, minutes, startup_s)
         _, half_unpaired = projected_halfwidth(sd_unpaired, se_test, trial_s, minutes, startup_s)
+        # the target as a compute bound: n paired seeds at each end plus an interior ratio's 2, trained and
+        # evaluated with no fixed cost at all, against every CPU-second of the study's 2 cores
+        n_target = seeds_for(target, sd_paired, se_test)
+        cpu_target = None if n_target is None else (2 * n_target + 2) * float(np.mean(trial_cpu))
         per_recipe.append({
             "recipe": recipe, "seeds": len(seeds), "steps": mine[0]["steps"],
             "corr_0_1": _corr(values[0.0], values[1.0]), "corr_0_05": _corr(values[0.0], values[0.5]),
             "corr_05_1": _corr(values[0.5], values[1.0]), "diff_1_0": float(diff.mean()),
             "sd_paired": sd_paired, "sd_unpaired": sd_unpaired, "se_test": se_test, "trial_s": trial_s,
             "seeds_per_ratio": n, "halfwidth": half, "halfwidth_unpaired": half_unpaired,
+            "seeds_for_target": n_target, "cpu_for_target": cpu_target,
         })
     return {"per_ratio": per_ratio, "per_recipe": per_recipe, "minutes": minutes, "fixed_s": fixed_s,
-            "startup_s": startup_s, "evals_per_trial": evals_per_trial}
+            "startup_s": startup_s, "evals_per_trial": evals_per_trial, "target": target,
+            "cpu_budget": 2 * 60.0 * minutes}
 
 
 def _seed_free(trials: list) -> list:
@@ -218,6 +268,16 @@ def print_summary(summary: dict[str, Any]) -> None:
                 title=(f"\nratio 1 - ratio 0, projected for a {summary['minutes']:g}-minute study on 2 cores "
                        f"(fixed {summary['fixed_s']:g} s a trial, {summary['evals_per_trial']:g} evaluations, "
                        f"{summary['startup_s']:g} s start-up)"))
+    print_table(["recipe", "sd paired", "se test", "seeds per end", "CPU s per trial", "CPU s needed", "of budget"],
+                [[r["recipe"], r["sd_paired"], r["se_test"], r["seeds_for_target"] or "> 200",
+                  r["cpu_for_target"] / (2 * r["seeds_for_target"] + 2) if r["cpu_for_target"] else "-",
+                  r["cpu_for_target"] or "-",
+                  f"{r['cpu_for_target'] / summary['cpu_budget']:.2f}x" if r["cpu_for_target"] else "-"]
+                 for r in summary["per_recipe"]],
+                title=(f"\nhalf-width {summary['target']:g} on ratio 1 - ratio 0 as a compute bound: the paired seeds "
+                       f"each end needs, and the CPU of training and evaluating them plus 2 seeds of one interior "
+                       f"ratio with no fixed cost at all, against the {summary['cpu_budget']:.0f} CPU s of a "
+                       f"{summary['minutes']:g}-minute study on 2 cores"))
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -230,6 +290,7 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--fixed-s", type=float, default=22.0, help="fixed seconds per trial beyond training and evaluation")
     p.add_argument("--startup-s", type=float, default=30.0, help="seconds of a study before its first trial trains")
     p.add_argument("--evals", type=float, default=1.0, help="full evaluations' worth per trial in the study")
+    p.add_argument("--target", type=float, default=0.02, help="half-width of the compute bound (the issue's goal)")
     add_run_args(p, "smoke run: 1 recipe, 2 seeds, 4 steps, tiny data")
     args = p.parse_args(argv)
     out = args.report or args.out or tempfile.mkdtemp(prefix="mlclip-noise-")
@@ -256,7 +317,7 @@ def main(argv=None) -> dict[str, Any]:
             list(pool.imap_unordered(run_one, jobs, chunksize=1))
         print(f"wall-clock {time.perf_counter() - t0:.0f} s ({load_line()})")
     summary = summarize(out, args.minutes, args.fixed_s, args.startup_s, args.evals,
-                        n_resamples=100 if args.tiny else 500)
+                        n_resamples=100 if args.tiny else 500, target=args.target)
     print_summary(summary)
     summary["load"] = load_line()
     save_json(args.json, summary)

@@ -128,4 +128,21 @@ def test_noise_tiny(tmp_path):
     recipe = out["per_recipe"][0]
     assert recipe["steps"] == 4 and recipe["sd_paired"] >= 0 and recipe["se_test"] > 0
     assert recipe["seeds_per_ratio"] >= 2 and recipe["halfwidth"] > 0
+    assert out["cpu_budget"] == 1200.0 and out["target"] == 0.02
+    n, per_trial = recipe["seeds_for_target"], sum(r["cpu_s"] for r in out["per_ratio"]) / 3
+    assert n is None or recipe["cpu_for_target"] == pytest.approx((2 * n + 2) * per_trial)  # ends + 2 interior
     assert len(list((tmp_path / "runs").glob("*.npz"))) == 6  # every run's per-query arrays
+
+
+def test_the_seeds_a_target_half_width_needs():
+    """The fewest paired seeds whose expected t-interval is within the target; none while the test set's
+    own noise alone is wider."""
+    from scipy import stats
+
+    from benchmarks.noise import seeds_for
+
+    n = seeds_for(0.02, 0.027, 0.0023)
+    for m, ok in ((n, True), (n - 1, False)):
+        width = stats.t.ppf(0.975, m - 1) * (0.027 ** 2 / m + 0.0023 ** 2) ** 0.5
+        assert bool(width <= 0.02) is ok
+    assert seeds_for(0.02, 0.0, 0.0) == 2 and seeds_for(0.02, 0.0, 0.011) is None

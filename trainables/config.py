@@ -85,15 +85,16 @@ class TrialConfig:
     train_languages: tuple[str, ...] = LANGUAGES
     missing_caption_policy: str = "redraw"
     # --- optimisation ------------------------------------------------------
-    # The default point: 5 x 100 steps of batch 64 at lr 1e-3 after 100 warm-up steps, temperature
-    # 0.07. Among the recipes measured by benchmarks/noise.py that learn, it resolves the ratio's
-    # effect most precisely per minute of a 10-minute study on 2 cores (benchmarks/README.md §9).
+    # The default point: 5 x 100 steps of batch 64 at lr 1e-3 after 250 warm-up steps (half the
+    # run; cosine decay after), temperature 0.07. Among the recipes measured by benchmarks/noise.py
+    # that learn, it resolves the ratio's effect most precisely per minute of a 10-minute study on
+    # 2 cores (benchmarks/README.md §9: 8 paired seeds, against 100 warm-up steps the same day).
     batch_size: int = 64
     epochs: int = 5
     steps_per_epoch: Optional[int] = 100  # None: one pass over the train split
     lr: float = 1e-3
     weight_decay: float = 0.1
-    warmup_steps: int = 100
+    warmup_steps: int = 250
     temperature: float = 0.07
     learn_temperature: bool = True
     grad_clip: float = 1.0
