@@ -23,7 +23,8 @@ candidates are therefore judged *paired*, seed by seed.
    spread). While trials run, a pair whose spread is not known yet gets no seed. A candidate
    that has failed ``min_seeds`` times gets no more.
 3. **It stops** when the budget is spent: ``max_trials`` trials, or ``max_minutes`` of
-   wall-clock (no trial is started that the median trial duration says would end after it), or
+   wall-clock (no trial is started that would end after it, by the median duration of the most
+   recent half of the finished trials: the first ones also build the data cache), or
    every candidate has ``len(seeds)`` seeds.
 
 **Error control.** The race never stops because a difference looks significant, nor because
@@ -129,7 +130,7 @@ class SeedRace:
             return self._finish(f"the budget of {self.plan.max_trials} trials is spent")
         if self.plan.max_minutes is not None and self.trials:
             budget = 60.0 * self.plan.max_minutes
-            if self.elapsed_s() + self.median_trial_s() > budget:
+            if self.elapsed_s() + self.expected_trial_s() > budget:
                 return self._finish(f"the budget of {self.plan.max_minutes:g} minutes is spent "
                                     "(no further trial would end within it)")
         return action
@@ -251,9 +252,12 @@ class SeedRace:
         """Wall-clock seconds of the study so far (earlier sessions included)."""
         return self.spent_s + time.monotonic() - self._t0
 
-    def median_trial_s(self) -> float:
-        """Median wall-clock of the finished trials (0 before the first)."""
-        spans = [t["ended"] - t["started"] for t in self.trials.values() if t["ended"] is not None]
+    def expected_trial_s(self) -> float:
+        """How long the next trial is expected to take: the median wall-clock of the most recently
+        finished half of the trials (at least 2; 0 before the first). Not of all of them: a study's
+        first trials also build the data cache (and wait for Ray), which later trials do not."""
+        done = sorted((t for t in self.trials.values() if t["ended"] is not None), key=lambda t: t["ended"])
+        spans = [t["ended"] - t["started"] for t in done[-max(2, math.ceil(len(done) / 2)):]]
         return float(np.median(spans)) if spans else 0.0
 
     # --- the comparisons -----------------------------------------------------

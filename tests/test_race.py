@@ -102,6 +102,24 @@ def test_the_minutes_budget_starts_no_trial_that_would_end_after_it():
     assert action[0] == "finished" and "1 minutes" in action[1]
 
 
+def test_the_minutes_budget_judges_the_next_trial_by_the_recent_ones():
+    """A study's first trials also build the data cache: two 200 s trials, then two of 150 s, with
+    361 s spent of 9 minutes. By all four (median 175 s) a fifth would end after the budget; by the
+    recent half (150 s) it ends within it, so the third candidate (the interior ratio) is tried."""
+    r = race(max_seeds=20, target=1e-9, max_minutes=9.0)
+    add_ratios(r)
+    spans = [(0.0, 200.0), (1.0, 202.0), (205.0, 355.0), (207.0, 357.0)]
+    for i, (start, end) in enumerate(spans):
+        r.start(f"t{i}", i // 2, i % 2)
+        r.complete(f"t{i}", 0.1 + 0.01 * i)
+        r.trials[f"t{i}"].update(started=start, ended=end)
+    assert r.expected_trial_s() == 150.0
+    r.spent_s = 361.0 - (r.elapsed_s() - r.spent_s)
+    assert r.next_action() == ("seed", 2, 0)
+    r.spent_s = 391.0 - (r.elapsed_s() - r.spent_s)  # 391 + 150 > 540: none would end in time
+    assert r.next_action()[0] == "finished"
+
+
 def test_failed_seeds_are_replaced_by_the_next_seed():
     r = race(n_candidates=1, min_seeds=2)
     r.add_candidate({"ratio": 0.0})
