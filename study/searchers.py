@@ -243,12 +243,17 @@ class RaceSync(Callback):
 
     def __init__(self, searcher: SeedSearcher):
         self.searcher = searcher
+        self.refused: set[str] = set()  # trials the race could not take in (said once)
 
     def _adopt(self, trial: Any) -> bool:
         race = self.searcher.race
         if trial.trial_id in race.trials:
             return True
+        if trial.trial_id in self.refused:
+            return False
         cand = race.adopt(trial.trial_id, dict(trial.config))
+        if cand is None:
+            self.refused.add(trial.trial_id)
         what = (f"took it in (candidate {cand + 1}, seed {trial.config.get('seed')})" if cand is not None
                 else "its candidate or seed is not the race's to give: the answer counts its run, the race does not")
         console.say(f"note: trial {trial.trial_id} is not in the seed race's saved state; {what}")
