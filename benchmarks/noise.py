@@ -156,27 +156,26 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1]) if len(a) >= 3 and np.std(a) > 0 and np.std(b) > 0 else float("nan")
 
 
+def expected_halfwidth(n: int, sd_diff: float, se_test: float) -> float:
+    """Expected 95% half-width of one paired difference over ``n`` >= 2 seeds:
+    ``t(0.975, n - 1) * sqrt(sd_diff**2 / n + se_test**2)``."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1) * math.sqrt(sd_diff ** 2 / n + se_test ** 2))
+
+
 def projected_halfwidth(sd_diff: float, se_test: float, trial_s: float, minutes: float, startup_s: float,
                         slots: int = 2, ratios: int = 3) -> tuple[int, float]:
     """(seeds per ratio, expected 95% half-width of one paired difference) for a study of ``minutes``
     with ``slots`` trials at a time spread equally over ``ratios`` ratios (module docstring)."""
-    from scipy import stats
-
     n = int(slots * (60 * minutes - startup_s) / trial_s // ratios)
-    if n < 2:
-        return n, float("inf")
-    return n, float(stats.t.ppf(0.975, n - 1) * math.sqrt(sd_diff ** 2 / n + se_test ** 2))
+    return n, (expected_halfwidth(n, sd_diff, se_test) if n >= 2 else float("inf"))
 
 
 def seeds_for(target: float, sd_diff: float, se_test: float, most: int = 200) -> Optional[int]:
-    """The fewest paired seeds ``n`` (>= 2) whose expected 95% half-width, ``t(0.975, n - 1) *
-    sqrt(sd_diff**2 / n + se_test**2)``, is within ``target``; None when even ``most`` would not do."""
-    from scipy import stats
-
-    for n in range(2, most + 1):
-        if stats.t.ppf(0.975, n - 1) * math.sqrt(sd_diff ** 2 / n + se_test ** 2) <= target:
-            return n
-    return None
+    """The fewest paired seeds ``n`` (>= 2) whose :func:`expected_halfwidth` is within ``target``;
+    None when even ``most`` would not do."""
+    return next((n for n in range(2, most + 1) if expected_halfwidth(n, sd_diff, se_test) <= target), None)
 
 
 def summarize(out: str, minutes: float, fixed_s: float, startup_s: float, evals_per_trial: float,
@@ -212,20 +211,21 @@ def summarize(out: str, minutes: float, fixed_s: float, startup_s: float, evals_
         # test-set noise of the difference alone: the paired image bootstrap with the seed spread removed
         centred = _seed_free(trials)
         se_test = difference(centred, 1.0, 0.0, *ANSWER_OBJECTIVE, n_resamples=n_resamples).se_test
-        trial_s = fixed_s + float(np.mean(trial_cpu))
+        cpu_per_trial = float(np.mean(trial_cpu))
+        trial_s = fixed_s + cpu_per_trial
         n, half = projected_halfwidth(sd_paired, se_test, trial_s, minutes, startup_s)
         _, half_unpaired = projected_halfwidth(sd_unpaired, se_test, trial_s, minutes, startup_s)
         # the target as a compute bound: n paired seeds at each end plus an interior ratio's 2, trained and
         # evaluated with no fixed cost at all, against every CPU-second of the study's 2 cores
         n_target = seeds_for(target, sd_paired, se_test)
-        cpu_target = None if n_target is None else (2 * n_target + 2) * float(np.mean(trial_cpu))
+        cpu_target = None if n_target is None else (2 * n_target + 2) * cpu_per_trial
         per_recipe.append({
             "recipe": recipe, "seeds": len(seeds), "steps": mine[0]["steps"],
             "corr_0_1": _corr(values[0.0], values[1.0]), "corr_0_05": _corr(values[0.0], values[0.5]),
             "corr_05_1": _corr(values[0.5], values[1.0]), "diff_1_0": float(diff.mean()),
             "sd_paired": sd_paired, "sd_unpaired": sd_unpaired, "se_test": se_test, "trial_s": trial_s,
             "seeds_per_ratio": n, "halfwidth": half, "halfwidth_unpaired": half_unpaired,
-            "seeds_for_target": n_target, "cpu_for_target": cpu_target,
+            "seeds_for_target": n_target, "cpu_per_trial": cpu_per_trial, "cpu_for_target": cpu_target,
         })
     return {"per_ratio": per_ratio, "per_recipe": per_recipe, "minutes": minutes, "fixed_s": fixed_s,
             "startup_s": startup_s, "evals_per_trial": evals_per_trial, "target": target,
@@ -269,8 +269,7 @@ def print_summary(summary: dict[str, Any]) -> None:
                        f"(fixed {summary['fixed_s']:g} s a trial, {summary['evals_per_trial']:g} evaluations, "
                        f"{summary['startup_s']:g} s start-up)"))
     print_table(["recipe", "sd paired", "se test", "seeds per end", "CPU s per trial", "CPU s needed", "of budget"],
-                [[r["recipe"], r["sd_paired"], r["se_test"], r["seeds_for_target"] or "> 200",
-                  r["cpu_for_target"] / (2 * r["seeds_for_target"] + 2) if r["cpu_for_target"] else "-",
+                [[r["recipe"], r["sd_paired"], r["se_test"], r["seeds_for_target"] or "> 200", r["cpu_per_trial"],
                   r["cpu_for_target"] or "-",
                   f"{r['cpu_for_target'] / summary['cpu_budget']:.2f}x" if r["cpu_for_target"] else "-"]
                  for r in summary["per_recipe"]],

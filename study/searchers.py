@@ -24,7 +24,7 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from study import console
-from study.race import SeedRace, write_race_report
+from study.race import PENDING, SeedRace, write_race_report
 from trainables.errors import one_line
 
 
@@ -215,8 +215,7 @@ class LimiterSync(Callback):
         for trial_id in sorted(stale):
             trial = finished.get(trial_id)
             if trial is not None:  # finished before the saved limiter heard of it
-                self.limiter.on_trial_complete(trial_id, result=trial.last_result or None,
-                                               error=trial.status == "ERROR")
+                _tell_end(self.limiter, trial)
             if trial_id in self.limiter.live_trials:  # unknown to Tune (or not removed above)
                 self.limiter.live_trials.discard(trial_id)
                 self.limiter.num_unfinished_live_trials = max(0, self.limiter.num_unfinished_live_trials - 1)
@@ -265,7 +264,7 @@ class RaceSync(Callback):
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:  # noqa: D102 - see Callback
         race, by_id = self.searcher.race, {t.trial_id: t for t in trials}
         for trial_id, entry in list(race.trials.items()):
-            if entry["status"] != "pending":
+            if entry["status"] != PENDING:
                 continue
             trial = by_id.get(trial_id)
             if trial is None:
@@ -273,13 +272,16 @@ class RaceSync(Callback):
                 console.say(f"note: the seed race counted trial {trial_id} as running; Tune has no such trial, "
                             "so its seed is free again")
             elif trial.is_finished():
-                self.searcher.on_trial_complete(trial_id, result=trial.last_result or None,
-                                                error=trial.status == "ERROR")
+                _tell_end(self.searcher, trial)
                 console.say(f"note: the seed race counted trial {trial_id} as running; told it the end Tune recorded")
         for trial in trials:
             if trial.is_finished() and trial.trial_id not in race.trials and self._adopt(trial):
-                self.searcher.on_trial_complete(trial.trial_id, result=trial.last_result or None,
-                                                error=trial.status == "ERROR")
+                _tell_end(self.searcher, trial)
+
+
+def _tell_end(searcher: Any, trial: Any) -> None:
+    """Tell ``searcher`` the end Tune recorded for finished ``trial``, as Tune itself would have."""
+    searcher.on_trial_complete(trial.trial_id, result=trial.last_result or None, error=trial.status == "ERROR")
 
 
 def searcher_callbacks(searcher: Any) -> list:
